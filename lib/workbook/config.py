@@ -1,0 +1,59 @@
+"""Settings for the two profiles, read from the environment (and a ``.env`` file).
+
+``local`` (the default) keeps every table under one lakehouse folder that mirrors the
+bucket layout; ``stack`` addresses the same tables as ``s3a://<bucket>/...``. Only these
+edges differ between profiles.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+PROFILES = ("local", "stack")
+
+
+def load_dotenv(path: Path = REPO_ROOT / ".env") -> None:
+    """Export ``KEY=value`` lines of ``path`` that the environment does not set already."""
+    if not path.is_file():
+        return
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            os.environ.setdefault(key.strip(), value.strip().strip("'\""))
+
+
+@dataclass(frozen=True)
+class Settings:
+    profile: str
+    lakehouse: Path
+    postgres_dir: Path
+    spark_master: str
+    shuffle_partitions: int
+    driver_memory: str
+
+    def location(self, table: tuple[str, str]) -> str:
+        """Where a (bucket, name) location lives in this profile."""
+        bucket, name = table
+        if self.profile == "stack":
+            return f"s3a://{bucket}/{name}"
+        return str(self.lakehouse / bucket / name)
+
+
+def get_settings() -> Settings:
+    load_dotenv()
+    profile = os.environ.get("WORKBOOK_PROFILE", "local")
+    if profile not in PROFILES:
+        raise ValueError(f"WORKBOOK_PROFILE={profile!r}; expected one of {', '.join(PROFILES)}")
+    lakehouse = Path(os.environ.get("WORKBOOK_LAKEHOUSE", REPO_ROOT / "lakehouse")).resolve()
+    return Settings(
+        profile=profile,
+        lakehouse=lakehouse,
+        postgres_dir=Path(os.environ.get("WORKBOOK_POSTGRES_DIR", lakehouse / "_postgres")),
+        spark_master=os.environ.get("SPARK_MASTER_URL", "local[*]"),
+        shuffle_partitions=int(os.environ.get("WORKBOOK_SHUFFLE_PARTITIONS", "8")),
+        driver_memory=os.environ.get("WORKBOOK_DRIVER_MEMORY", "2g"),
+    )

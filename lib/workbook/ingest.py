@@ -1,0 +1,205 @@
+"""Ingestion: parse landed events, validate them, and write raw and quarantine Delta tables.
+
+Events arrive as text (a JSON line from a file, or a Kafka message value). Parsing and
+validation are the same for every source: each event ends in the raw table exactly once,
+or in the quarantine table with the reason it was refused.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from workbook import names
+
+EVENT_FIELDS = (
+    names.TRANSACTION_ID,
+    names.TIMESTAMP,
+    names.ACCOUNT_ID,
+    names.AMOUNT,
+    names.CURRENCY,
+    names.TRANSACTION_TYPE,
+    names.MERCHANT_ID,
+    names.CATEGORY,
+    names.IS_FLAGGED,
+)
+REQUIRED_FIELDS = (names.TRANSACTION_ID, names.TIMESTAMP, names.ACCOUNT_ID, names.AMOUNT, names.CURRENCY)
+TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"
+MAX_AMOUNT = 1_000_000.0
+MAX_EVENT_BYTES = 16_384
+BATCH_ID = "ingest_batch_id"
+RECORD_ID = "record_id"
+REASON = "reason"
+
+# Every field is read as text first, so a wrong type is reported as such, not nulled.
+CORRUPT = "_corrupt_record"
+TEXT_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in (*EVENT_FIELDS, CORRUPT)])
+RAW_SCHEMA = T.StructType(
+    [
+        T.StructField(names.TRANSACTION_ID, T.StringType(), False),
+        T.StructField(names.TIMESTAMP, T.TimestampType(), False),
+        T.StructField(names.ACCOUNT_ID, T.StringType(), False),
+        T.StructField(names.AMOUNT, T.DoubleType(), False),
+        T.StructField(names.CURRENCY, T.StringType(), False),
+        T.StructField(names.TRANSACTION_TYPE, T.StringType()),
+        T.StructField(names.MERCHANT_ID, T.StringType()),
+        T.StructField(names.CATEGORY, T.StringType()),
+        T.StructField(names.IS_FLAGGED, T.BooleanType()),
+        T.StructField(BATCH_ID, T.LongType(), False),
+    ]
+)
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField(RECORD_ID, T.StringType(), False),
+        T.StructField(REASON, T.StringType(), False),
+        T.StructField(names.TRANSACTION_ID, T.StringType()),
+        T.StructField("raw_value", T.StringType()),
+        T.StructField(BATCH_ID, T.LongType(), False),
+    ]
+)
+LABELS_SCHEMA = T.StructType(
+    [
+        T.StructField(names.TRANSACTION_ID, T.StringType(), False),
+        T.StructField(names.LABEL, T.IntegerType(), False),
+    ]
+)
+
+
+def _first_failure(rules: list[tuple[str, Column]]) -> Column:
+    """The reason of the first rule that fails, or null when every rule holds."""
+    reason = F.lit(None).cast("string")
+    for name, failed in reversed(rules):
+        reason = F.when(failed, F.lit(name)).otherwise(reason)
+    return reason
+
+
+def parse_and_validate(events: DataFrame) -> DataFrame:
+    """Typed event columns, ``record_id`` and ``reason`` (null for a valid event) from ``value``."""
+    text = F.col("value")
+    parsed = events.select(
+        text,
+        F.sha2(text, 256).alias(RECORD_ID),
+        F.from_json(text, TEXT_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT}).alias("e"),
+    )
+    e = {f: F.col(f"e.{f}") for f in EVENT_FIELDS}
+    # NaN and Infinity tokens come back quoted; unquote them so the amount rule sees them.
+    amount = F.regexp_replace(e[names.AMOUNT], '"', "").try_cast("double")
+    flagged = e[names.IS_FLAGGED].try_cast("boolean")
+    timestamp = F.try_to_timestamp(e[names.TIMESTAMP], F.lit(TIMESTAMP_FORMAT))
+    rules = [
+        ("oversized_event", F.length(text) > MAX_EVENT_BYTES),
+        ("malformed_json", F.col(f"e.{CORRUPT}").isNotNull()),
+        ("missing_required_field", F.greatest(*[e[f].isNull() for f in REQUIRED_FIELDS])),
+        (
+            "wrong_type",
+            amount.isNull() | (e[names.IS_FLAGGED].isNotNull() & flagged.isNull()),
+        ),
+        (
+            "invalid_amount",
+            F.isnan(amount) | (amount <= 0) | (F.abs(amount) == float("inf")) | (amount > MAX_AMOUNT),
+        ),
+        ("unknown_currency", ~e[names.CURRENCY].isin(*names.KNOWN_CURRENCIES)),
+        ("invalid_timestamp", timestamp.isNull()),
+        ("future_timestamp", timestamp > F.current_timestamp()),
+    ]
+    typed = {**e, names.AMOUNT: amount, names.IS_FLAGGED: flagged, names.TIMESTAMP: timestamp}
+    return parsed.select(
+        "value",
+        RECORD_ID,
+        *[typed[f].alias(f) for f in EVENT_FIELDS],
+        _first_failure(rules).alias(REASON),
+    )
+
+
+def mark_duplicates(checked: DataFrame, existing_ids: DataFrame, batch_id: int) -> DataFrame:
+    """Refuse a valid event whose transaction_id came earlier in the batch or in an earlier batch.
+
+    ``existing_ids`` holds the raw table's (transaction_id, ingest_batch_id); rows written by
+    this same batch id are a retry of this batch, not duplicates.
+    """
+    first = Window.partitionBy(names.TRANSACTION_ID).orderBy(RECORD_ID)
+    earlier = existing_ids.filter(F.col(BATCH_ID) != batch_id).select(
+        names.TRANSACTION_ID, F.lit(True).alias("_seen")
+    )
+    ranked = checked.withColumn(
+        "_rank", F.when(F.col(REASON).isNull(), F.row_number().over(first))
+    ).join(earlier, names.TRANSACTION_ID, "left")
+    duplicate = (F.col("_rank") > 1) | F.col("_seen").isNotNull()
+    return ranked.withColumn(
+        REASON,
+        F.coalesce(F.col(REASON), F.when(duplicate, F.lit("duplicate_transaction_id"))),
+    ).drop("_rank", "_seen")
+
+
+def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
+    from delta.tables import DeltaTable
+
+    DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
+
+
+def merge_new_rows(spark: SparkSession, path: str, rows: DataFrame, keys: list[str]) -> None:
+    """Insert the rows whose keys the table does not hold yet: replays change nothing."""
+    from delta.tables import DeltaTable
+
+    condition = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    DeltaTable.forPath(spark, path).alias("t").merge(
+        rows.alias("s"), condition
+    ).whenNotMatchedInsertAll().execute()
+
+
+def ingest_batch(batch: DataFrame, batch_id: int, raw_path: str, quarantine_path: str) -> None:
+    """Validate one micro-batch; valid rows to raw, refused rows to quarantine (idempotent)."""
+    spark = batch.sparkSession
+    existing = spark.read.format("delta").load(raw_path).select(names.TRANSACTION_ID, BATCH_ID)
+    checked = mark_duplicates(parse_and_validate(batch), existing, batch_id)
+    checked = checked.withColumn(BATCH_ID, F.lit(batch_id).cast("long")).persist()
+    try:
+        valid = checked.filter(F.col(REASON).isNull()).select(*RAW_SCHEMA.fieldNames())
+        refused = checked.filter(F.col(REASON).isNotNull()).select(
+            RECORD_ID, REASON, names.TRANSACTION_ID, F.col("value").alias("raw_value"), BATCH_ID
+        )
+        merge_new_rows(spark, raw_path, valid, [names.TRANSACTION_ID])
+        merge_new_rows(spark, quarantine_path, refused, [RECORD_ID, REASON])
+    finally:
+        checked.unpersist()
+
+
+def start_ingest(
+    spark: SparkSession, events: DataFrame, raw_path: str, quarantine_path: str, checkpoint: str
+):
+    """Run ingestion of a streaming ``value`` column until the source is drained."""
+    ensure_table(spark, raw_path, RAW_SCHEMA)
+    ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA)
+    return (
+        events.writeStream.foreachBatch(
+            partial(ingest_batch, raw_path=raw_path, quarantine_path=quarantine_path)
+        )
+        .option("checkpointLocation", checkpoint)
+        .trigger(availableNow=True)
+        .queryName("ingest_transactions")
+        .start()
+    )
+
+
+def landed_files_stream(spark: SparkSession, landing: str, max_files_per_trigger: int = 10) -> DataFrame:
+    """Landed JSON-lines files as a stream of text events, one per line."""
+    return (
+        spark.readStream.format("text")
+        .option("pathGlobFilter", "*.jsonl")
+        .option("maxFilesPerTrigger", max_files_per_trigger)
+        .load(landing)
+    )
+
+
+def write_labels(spark: SparkSession, labels, path: str) -> None:
+    """Merge ground-truth labels (a pandas frame) into the labels table."""
+    ensure_table(spark, path, LABELS_SCHEMA)
+    rows = spark.createDataFrame(labels.astype({names.LABEL: "int32"}), LABELS_SCHEMA)
+    merge_new_rows(spark, path, rows, [names.TRANSACTION_ID])
+
+
+def quarantine_summary(spark: SparkSession, path: str) -> DataFrame:
+    return spark.read.format("delta").load(path).groupBy(REASON).count().orderBy(REASON)

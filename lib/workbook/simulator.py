@@ -1,0 +1,281 @@
+"""A seeded, deterministic simulator of card transactions with ground-truth fraud.
+
+Every account gets a profile (typical amount, activity, home merchants, currency) from the
+seed alone, and each day is generated from ``(seed, day)``, so any range of days is the
+same whichever way it is cut. Fraud comes in episodes: a compromised account shows a
+burst of transactions over one to three days, with unusual amounts, risky categories and
+night-time activity. Labels are returned separately, as a bank learns of fraud later.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, replace
+from datetime import date, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from workbook import names
+
+CATEGORIES = {
+    "groceries": 0.24,
+    "restaurants": 0.15,
+    "retail": 0.15,
+    "transport": 0.12,
+    "entertainment": 0.08,
+    "utilities": 0.08,
+    "health": 0.06,
+    "travel": 0.06,
+    "electronics": 0.03,
+    "gift_cards": 0.01,
+    "jewelry": 0.01,
+    "crypto": 0.01,
+}
+RISKY_CATEGORIES = ("electronics", "gift_cards", "jewelry", "crypto")
+TRANSACTION_TYPES = {"purchase": 0.6, "online": 0.25, "withdrawal": 0.1, "transfer": 0.05}
+CURRENCY_SHARES = {"EUR": 0.6, "USD": 0.25, "GBP": 0.15}
+EPISODE_CALENDAR_DAYS = 64  # fraud episodes start anywhere in this many days from start_date
+LEGACY_FLAG_AMOUNT = 1000.0  # the bank's old rule: flag any amount above this
+MALFORMED_KINDS = (
+    "invalid_json",
+    "missing_field",
+    "null_amount",
+    "wrong_type",
+    "zero_amount",
+    "negative_amount",
+    "nan_amount",
+    "infinite_amount",
+    "huge_amount",
+    "unknown_currency",
+    "bad_timestamp",
+    "future_timestamp",
+    "duplicate",
+)
+
+
+@dataclass(frozen=True)
+class SimulationConfig:
+    n_transactions: int = 200_000
+    days: int = 30
+    start_date: str = "2025-01-01"
+    seed: int = 42
+    first_day: int = 0  # days after start_date where this range begins
+    n_accounts: int | None = None  # default: one account per 40 transactions
+    compromised_share: float = 0.06
+    malformed_share: float = 0.005
+
+    @property
+    def accounts(self) -> int:
+        return self.n_accounts or max(50, self.n_transactions // 40)
+
+    def day(self, index: int) -> date:
+        return date.fromisoformat(self.start_date) + timedelta(days=index)
+
+    @property
+    def end_date(self) -> date:
+        """The last simulated day."""
+        return self.day(self.first_day + self.days - 1)
+
+    def following_days(self, days: int = 1) -> SimulationConfig:
+        """The same population and daily volume, for the days right after this range."""
+        return replace(
+            self,
+            first_day=self.first_day + self.days,
+            days=days,
+            n_transactions=round(self.n_transactions / self.days * days),
+            n_accounts=self.accounts,
+        )
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "n_accounts": self.accounts}, indent=2)
+
+
+@dataclass(frozen=True)
+class Accounts:
+    ids: np.ndarray
+    log_typical_amount: np.ndarray
+    activity: np.ndarray
+    home_merchants: np.ndarray
+    currency: np.ndarray
+    episode_start: np.ndarray  # day index, -1 when never compromised
+    episode_days: np.ndarray
+
+
+def make_accounts(config: SimulationConfig) -> Accounts:
+    n = config.accounts
+    rng = np.random.default_rng([config.seed, 0])
+    n_merchants = max(200, n // 2)
+    compromised = rng.random(n) < config.compromised_share
+    activity = rng.gamma(2.0, 1.0, n)
+    return Accounts(
+        ids=np.array([f"ACC{i:06d}" for i in range(n)]),
+        log_typical_amount=rng.normal(3.4, 0.7, n),
+        activity=activity / activity.sum(),
+        home_merchants=rng.integers(0, n_merchants, (n, 8)),
+        currency=rng.choice(list(CURRENCY_SHARES), n, p=list(CURRENCY_SHARES.values())),
+        episode_start=np.where(compromised, rng.integers(0, EPISODE_CALENDAR_DAYS, n), -1),
+        episode_days=rng.integers(1, 4, n),
+    )
+
+
+def _daily_counts(config: SimulationConfig) -> list[int]:
+    base, extra = divmod(config.n_transactions, config.days)
+    return [base + (1 if i < extra else 0) for i in range(config.days)]
+
+
+def _pick(rng, choices: dict[str, float], size: int) -> np.ndarray:
+    return rng.choice(list(choices), size, p=list(choices.values()))
+
+
+def simulate_day(config: SimulationConfig, accounts: Accounts, day_index: int, n_normal: int):
+    """One day's valid transactions, sorted by time, with their fraud labels."""
+    rng = np.random.default_rng([config.seed, 1 + day_index])
+    n_merchants = max(200, len(accounts.ids) // 2)
+
+    # Legitimate activity: daytime, amounts around each account's typical amount.
+    acc = rng.choice(len(accounts.ids), n_normal, p=accounts.activity)
+    night = rng.random(n_normal) < 0.04
+    hours = np.where(night, rng.uniform(0, 6, n_normal), np.clip(rng.normal(14, 3.5, n_normal), 6, 23.99))
+    amounts = np.exp(rng.normal(accounts.log_typical_amount[acc], 0.6))
+    categories = _pick(rng, CATEGORIES, n_normal)
+    home = rng.random(n_normal) < 0.85
+    merchants = np.where(
+        home, accounts.home_merchants[acc, rng.integers(0, 8, n_normal)], rng.integers(0, n_merchants, n_normal)
+    )
+    types = _pick(rng, TRANSACTION_TYPES, n_normal)
+
+    # Fraud: bursts on accounts whose compromise episode covers this day.
+    active = np.flatnonzero(
+        (accounts.episode_start >= 0)
+        & (accounts.episode_start <= day_index)
+        & (day_index < accounts.episode_start + accounts.episode_days)
+    )
+    burst = 2 + rng.poisson(3, len(active))
+    f_acc = np.repeat(active, burst)
+    n_fraud = len(f_acc)
+    f_hours = np.where(rng.random(n_fraud) < 0.45, rng.uniform(0, 6, n_fraud), rng.uniform(0, 24, n_fraud))
+    f_scale = np.where(rng.random(n_fraud) < 0.65, rng.uniform(3, 12, n_fraud), rng.uniform(0.5, 2, n_fraud))
+    f_amounts = np.exp(accounts.log_typical_amount[f_acc]) * f_scale
+    f_categories = np.where(
+        rng.random(n_fraud) < 0.6,
+        rng.choice(RISKY_CATEGORIES, n_fraud),
+        _pick(rng, CATEGORIES, n_fraud),
+    )
+    f_merchants = rng.integers(0, n_merchants, n_fraud)
+    f_types = np.where(rng.random(n_fraud) < 0.6, "online", _pick(rng, TRANSACTION_TYPES, n_fraud))
+
+    all_acc = np.concatenate([acc, f_acc])
+    seconds = (np.concatenate([hours, f_hours]) * 3600).astype(np.int64)
+    day_start = np.datetime64(config.day(day_index), "s")
+    frame = pd.DataFrame(
+        {
+            names.TIMESTAMP: day_start + seconds.astype("timedelta64[s]"),
+            names.ACCOUNT_ID: accounts.ids[all_acc],
+            names.AMOUNT: np.round(np.concatenate([amounts, f_amounts]), 2),
+            names.CURRENCY: accounts.currency[all_acc],
+            names.TRANSACTION_TYPE: np.concatenate([types, f_types]),
+            names.MERCHANT_ID: [f"M{m:06d}" for m in np.concatenate([merchants, f_merchants])],
+            names.CATEGORY: np.concatenate([categories, f_categories]),
+            names.LABEL: np.concatenate([np.zeros(n_normal, int), np.ones(n_fraud, int)]),
+        }
+    )
+    frame = frame.sort_values([names.TIMESTAMP, names.ACCOUNT_ID, names.AMOUNT], kind="stable")
+    frame = frame.reset_index(drop=True)
+    stamp = config.day(day_index).strftime("%Y%m%d")
+    frame.insert(0, names.TRANSACTION_ID, [f"TX{stamp}-{i:07d}" for i in range(len(frame))])
+    frame[names.IS_FLAGGED] = frame[names.AMOUNT] > LEGACY_FLAG_AMOUNT
+    frame[names.TIMESTAMP] = frame[names.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return frame
+
+
+def simulate(config: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All valid transactions of the configured range, and their labels."""
+    accounts = make_accounts(config)
+    days = [
+        simulate_day(config, accounts, config.first_day + i, n)
+        for i, n in enumerate(_daily_counts(config))
+    ]
+    frame = pd.concat(days, ignore_index=True)
+    return split_labels(frame)
+
+
+def split_labels(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    labels = frame[[names.TRANSACTION_ID, names.LABEL]].copy()
+    return frame.drop(columns=[names.LABEL]), labels
+
+
+def malformed_events(config: SimulationConfig, valid: pd.DataFrame, day_index: int) -> list[tuple[str, str]]:
+    """Hostile copies of some valid events, as (kind, JSON line) pairs."""
+    rng = np.random.default_rng([config.seed, 10_000 + day_index])
+    n = math.ceil(len(valid) * config.malformed_share)
+    rows = valid.iloc[rng.integers(0, len(valid), n)].to_dict("records")
+    stamp = config.day(day_index).strftime("%Y%m%d")
+    events = []
+    for i, row in enumerate(rows):
+        kind = MALFORMED_KINDS[i % len(MALFORMED_KINDS)]
+        if kind != "duplicate":
+            row[names.TRANSACTION_ID] = f"BAD{stamp}-{i:05d}"
+        match kind:
+            case "missing_field":
+                del row[names.ACCOUNT_ID]
+            case "null_amount":
+                row[names.AMOUNT] = None
+            case "wrong_type":
+                row[names.AMOUNT] = f"{row[names.AMOUNT]:.2f} EUR"
+            case "zero_amount":
+                row[names.AMOUNT] = 0.0
+            case "negative_amount":
+                row[names.AMOUNT] = -row[names.AMOUNT]
+            case "nan_amount":
+                row[names.AMOUNT] = float("nan")
+            case "infinite_amount":
+                row[names.AMOUNT] = float("inf")
+            case "huge_amount":
+                row[names.AMOUNT] = 1e12
+            case "unknown_currency":
+                row[names.CURRENCY] = "XYZ"
+            case "bad_timestamp":
+                row[names.TIMESTAMP] = row[names.TIMESTAMP].replace("T", " at ")
+            case "future_timestamp":
+                row[names.TIMESTAMP] = "2099" + row[names.TIMESTAMP][4:]
+        line = json.dumps(row)
+        events.append((kind, line[: len(line) // 2] if kind == "invalid_json" else line))
+    return events
+
+
+def event_lines(config: SimulationConfig) -> dict[date, list[str]]:
+    """Per day, the JSON lines that arrive: valid events with malformed ones mixed in."""
+    accounts = make_accounts(config)
+    out = {}
+    for i, n in enumerate(_daily_counts(config)):
+        day_index = config.first_day + i
+        valid, _ = split_labels(simulate_day(config, accounts, day_index, n))
+        lines = [json.dumps(r) for r in valid.to_dict("records")]
+        lines += [line for _, line in malformed_events(config, valid, day_index)]
+        order = np.random.default_rng([config.seed, 20_000 + day_index]).permutation(len(lines))
+        out[config.day(day_index)] = [lines[j] for j in order]
+    return out
+
+
+def land_files(config: SimulationConfig, landing_dir: str | Path) -> list[Path]:
+    """Write each day's events as a JSON-lines file; rewriting the same day is a no-op."""
+    landing = Path(landing_dir)
+    landing.mkdir(parents=True, exist_ok=True)
+    written = []
+    for day, lines in event_lines(config).items():
+        path = landing / f"transactions-{day.isoformat()}.jsonl"
+        body = "\n".join(lines) + "\n"
+        if not path.exists() or path.read_text() != body:
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(body)
+            tmp.rename(path)  # atomic: a streaming reader never sees half a file
+        written.append(path)
+    return written
+
+
+def simulation_date_range(config: SimulationConfig) -> tuple[datetime, datetime]:
+    start = datetime.combine(config.day(config.first_day), datetime.min.time())
+    return start, start + timedelta(days=config.days)

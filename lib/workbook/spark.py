@@ -1,0 +1,124 @@
+"""One way to get a Spark session with Delta Lake, for notebooks, tests and benchmarks."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from workbook.config import Settings, get_settings
+
+MIN_JAVA = 17
+DELTA_PACKAGE = "io.delta:delta-spark_4.1_2.13:4.3.1"
+# Jars each profile needs from Maven Central; `make jars` fetches them ahead of time.
+PACKAGES = {"local": [DELTA_PACKAGE]}
+LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+
+
+class JavaNotFoundError(RuntimeError):
+    """No usable Java runtime for Spark."""
+
+
+def java_major_version(java: str | None = None) -> int:
+    """The major version of ``java`` (JAVA_HOME's, else the one on PATH)."""
+    if java is None:
+        home = os.environ.get("JAVA_HOME")
+        java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
+    hint = f"Spark needs Java {MIN_JAVA} or 21: install OpenJDK 17 (apt-get install openjdk-17-jdk-headless, or conda install -c conda-forge openjdk=17) and set JAVA_HOME."
+    if not java or not Path(java).exists():
+        raise JavaNotFoundError(f"No Java runtime found. {hint}")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if not match:
+        raise JavaNotFoundError(f"Could not read the version of {java}: {out.strip()!r}. {hint}")
+    major = int(match.group(1))
+    return int(match.group(2)) if major == 1 else major
+
+
+def check_java() -> None:
+    major = java_major_version()
+    if major < MIN_JAVA:
+        raise JavaNotFoundError(
+            f"Java {major} is too old for Spark 4: install OpenJDK 17 or 21 and set JAVA_HOME."
+        )
+
+
+@contextlib.contextmanager
+def _jvm_output_to(log_path: Path):
+    """Send what the JVM we are about to launch prints to a log file, not to cell outputs."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    with open(log_path, "ab") as log:
+        saved = [os.dup(1), os.dup(2)]
+        try:
+            os.dup2(log.fileno(), 1)
+            os.dup2(log.fileno(), 2)
+            yield
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+
+
+def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
+    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}"
+    return {
+        "spark.app.name": app_name,
+        "spark.master": settings.spark_master,
+        "spark.jars.packages": ",".join(PACKAGES[settings.profile]),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
+        "spark.default.parallelism": str(settings.shuffle_partitions),
+        "spark.driver.memory": settings.driver_memory,
+        "spark.driver.extraJavaOptions": java_opts,
+        "spark.executor.extraJavaOptions": java_opts,
+        "spark.ui.showConsoleProgress": "false",
+        "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.streaming.stateStore.providerClass": (
+            "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"
+        ),
+    }
+
+
+def get_spark(app_name: str = "workbook", **overrides: str):
+    """Get or create the session for the current profile; extra settings via ``overrides``."""
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return active
+    check_java()
+    settings = get_settings()
+    builder = SparkSession.builder
+    for key, value in {**spark_conf(settings, app_name), **overrides}.items():
+        builder = builder.config(key, value)
+    with _jvm_output_to(settings.lakehouse / "_logs" / "spark.log"):
+        spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    return spark
+
+
+def fetch_jars() -> None:
+    """Resolve every profile's jars into the local Ivy cache, so later sessions need no network."""
+    from pyspark.sql import SparkSession
+
+    check_java()
+    packages = sorted({p for ps in PACKAGES.values() for p in ps})
+    spark = SparkSession.builder.master("local[1]").config(
+        "spark.jars.packages", ",".join(packages)
+    ).getOrCreate()
+    spark.stop()
+    print(f"Fetched {len(packages)} packages and their dependencies:", *packages, sep="\n  ")
+
+
+if __name__ == "__main__":
+    fetch_jars()
