@@ -7,13 +7,15 @@ or in the quarantine table with the reason it was refused.
 
 from __future__ import annotations
 
+import json
 from functools import partial
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from workbook import names
+from workbook import lakehouse, names
+from workbook.lakehouse import ensure_table, merge_new_rows
 
 EVENT_FIELDS = (
     names.TRANSACTION_ID,
@@ -79,37 +81,40 @@ def _first_failure(rules: list[tuple[str, Column]]) -> Column:
 def parse_and_validate(events: DataFrame) -> DataFrame:
     """Typed event columns, ``record_id`` and ``reason`` (null for a valid event) from ``value``."""
     text = F.col("value")
+    # `inline` parses each event once; a plain select of "e.*" would be collapsed by the
+    # optimizer into one JSON parse per field.
     parsed = events.select(
         text,
         F.sha2(text, 256).alias(RECORD_ID),
-        F.from_json(text, TEXT_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT}).alias("e"),
+        F.inline(F.array(F.from_json(text, TEXT_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT}))),
     )
-    e = {f: F.col(f"e.{f}") for f in EVENT_FIELDS}
-    # NaN and Infinity tokens come back quoted; unquote them so the amount rule sees them.
-    amount = F.regexp_replace(e[names.AMOUNT], '"', "").try_cast("double")
-    flagged = e[names.IS_FLAGGED].try_cast("boolean")
-    timestamp = F.try_to_timestamp(e[names.TIMESTAMP], F.lit(TIMESTAMP_FORMAT))
+    # Typed once, in their own projection, so that every rule reads the same parsed value.
+    typed = parsed.select(
+        "*",
+        # NaN and Infinity tokens come back quoted; unquote them so the amount rule sees them.
+        F.regexp_replace(names.AMOUNT, '"', "").try_cast("double").alias("_amount"),
+        F.col(names.IS_FLAGGED).try_cast("boolean").alias("_flagged"),
+        F.try_to_timestamp(names.TIMESTAMP, F.lit(TIMESTAMP_FORMAT)).alias("_timestamp"),
+    )
+    amount, flagged, timestamp = F.col("_amount"), F.col("_flagged"), F.col("_timestamp")
     rules = [
         ("oversized_event", F.length(text) > MAX_EVENT_BYTES),
-        ("malformed_json", F.col(f"e.{CORRUPT}").isNotNull()),
-        ("missing_required_field", F.greatest(*[e[f].isNull() for f in REQUIRED_FIELDS])),
-        (
-            "wrong_type",
-            amount.isNull() | (e[names.IS_FLAGGED].isNotNull() & flagged.isNull()),
-        ),
+        ("malformed_json", F.col(CORRUPT).isNotNull()),
+        ("missing_required_field", F.greatest(*[F.col(f).isNull() for f in REQUIRED_FIELDS])),
+        ("wrong_type", amount.isNull() | (F.col(names.IS_FLAGGED).isNotNull() & flagged.isNull())),
         (
             "invalid_amount",
             F.isnan(amount) | (amount <= 0) | (F.abs(amount) == float("inf")) | (amount > MAX_AMOUNT),
         ),
-        ("unknown_currency", ~e[names.CURRENCY].isin(*names.KNOWN_CURRENCIES)),
+        ("unknown_currency", ~F.col(names.CURRENCY).isin(*names.KNOWN_CURRENCIES)),
         ("invalid_timestamp", timestamp.isNull()),
         ("future_timestamp", timestamp > F.current_timestamp()),
     ]
-    typed = {**e, names.AMOUNT: amount, names.IS_FLAGGED: flagged, names.TIMESTAMP: timestamp}
-    return parsed.select(
+    as_typed = {names.AMOUNT: amount, names.IS_FLAGGED: flagged, names.TIMESTAMP: timestamp}
+    return typed.select(
         "value",
         RECORD_ID,
-        *[typed[f].alias(f) for f in EVENT_FIELDS],
+        *[as_typed.get(f, F.col(f)).alias(f) for f in EVENT_FIELDS],
         _first_failure(rules).alias(REASON),
     )
 
@@ -134,25 +139,27 @@ def mark_duplicates(checked: DataFrame, existing_ids: DataFrame, batch_id: int) 
     ).drop("_rank", "_seen")
 
 
-def ensure_table(spark: SparkSession, path: str, schema: T.StructType) -> None:
-    from delta.tables import DeltaTable
-
-    DeltaTable.createIfNotExists(spark).location(path).addColumns(schema).execute()
-
-
-def merge_new_rows(spark: SparkSession, path: str, rows: DataFrame, keys: list[str]) -> None:
-    """Insert the rows whose keys the table does not hold yet: replays change nothing."""
-    from delta.tables import DeltaTable
-
-    condition = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    DeltaTable.forPath(spark, path).alias("t").merge(
-        rows.alias("s"), condition
-    ).whenNotMatchedInsertAll().execute()
+def append_once(rows: DataFrame, path: str, app_id: str, batch_id: int) -> None:
+    """Append a micro-batch's rows; Delta skips the write if this batch was committed before."""
+    (
+        rows.write.format("delta")
+        .mode("append")
+        .option("txnAppId", app_id)
+        .option("txnVersion", batch_id)
+        .save(path)
+    )
 
 
-def ingest_batch(batch: DataFrame, batch_id: int, raw_path: str, quarantine_path: str) -> None:
-    """Validate one micro-batch; valid rows to raw, refused rows to quarantine (idempotent)."""
+def ingest_batch(
+    batch: DataFrame, batch_id: int, raw_path: str, quarantine_path: str, checkpoint: str
+) -> None:
+    """Validate one micro-batch; valid rows to raw, refused rows to quarantine, each once.
+
+    A batch that is retried after a failure is recognised by (query id, batch id), so its
+    rows are not written twice.
+    """
     spark = batch.sparkSession
+    query_id = json.loads(lakehouse.read_text(spark, f"{checkpoint}/metadata"))["id"]
     existing = spark.read.format("delta").load(raw_path).select(names.TRANSACTION_ID, BATCH_ID)
     checked = mark_duplicates(parse_and_validate(batch), existing, batch_id)
     checked = checked.withColumn(BATCH_ID, F.lit(batch_id).cast("long")).persist()
@@ -161,8 +168,8 @@ def ingest_batch(batch: DataFrame, batch_id: int, raw_path: str, quarantine_path
         refused = checked.filter(F.col(REASON).isNotNull()).select(
             RECORD_ID, REASON, names.TRANSACTION_ID, F.col("value").alias("raw_value"), BATCH_ID
         )
-        merge_new_rows(spark, raw_path, valid, [names.TRANSACTION_ID])
-        merge_new_rows(spark, quarantine_path, refused, [RECORD_ID, REASON])
+        append_once(valid, raw_path, f"{query_id}-raw", batch_id)
+        append_once(refused, quarantine_path, f"{query_id}-quarantine", batch_id)
     finally:
         checked.unpersist()
 
@@ -175,7 +182,12 @@ def start_ingest(
     ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA)
     return (
         events.writeStream.foreachBatch(
-            partial(ingest_batch, raw_path=raw_path, quarantine_path=quarantine_path)
+            partial(
+                ingest_batch,
+                raw_path=raw_path,
+                quarantine_path=quarantine_path,
+                checkpoint=checkpoint,
+            )
         )
         .option("checkpointLocation", checkpoint)
         .trigger(availableNow=True)

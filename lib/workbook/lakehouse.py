@@ -10,6 +10,11 @@ def location(table: tuple[str, str]) -> str:
     return get_settings().location(table)
 
 
+def shown(path: str) -> str:
+    """A location as a notebook shows it: the local lakehouse folder reads ``<lakehouse>``."""
+    return path.replace(str(get_settings().lakehouse), "<lakehouse>")
+
+
 def _fs_path(spark, path: str):
     jvm = spark._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
@@ -66,3 +71,47 @@ def history(spark, path: str, limit: int = 10):
         )
         .orderBy("version")
     )
+
+
+def ensure_table(spark, path: str, schema, partition_by: tuple[str, ...] = ()) -> None:
+    """Create an empty Delta table at ``path`` unless one is there."""
+    from delta.tables import DeltaTable
+
+    builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(schema)
+    if partition_by:
+        builder = builder.partitionedBy(*partition_by)
+    builder.execute()
+
+
+def merge_new_rows(spark, path: str, rows, keys: list[str]) -> None:
+    """Insert the rows whose keys the table does not hold yet: replays change nothing."""
+    from delta.tables import DeltaTable
+
+    condition = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    DeltaTable.forPath(spark, path).alias("t").merge(
+        rows.alias("s"), condition
+    ).whenNotMatchedInsertAll().execute()
+
+
+def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
+    """Insert new keys and update changed rows; identical rows are left alone.
+
+    Returns the inserted and updated row counts of the MERGE.
+    """
+    from delta.tables import DeltaTable
+
+    on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in rows.columns if c not in keys)
+    (
+        DeltaTable.forPath(spark, path)
+        .alias("t")
+        .merge(rows.alias("s"), on)
+        .whenMatchedUpdateAll(condition=changed)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
+    return {
+        "inserted": int(metrics.get("numTargetRowsInserted", 0)),
+        "updated": int(metrics.get("numTargetRowsUpdated", 0)),
+    }

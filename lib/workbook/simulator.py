@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +91,10 @@ class SimulationConfig:
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "n_accounts": self.accounts}, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> SimulationConfig:
+        return cls(**json.loads(text))
 
 
 @dataclass(frozen=True)
@@ -246,36 +250,34 @@ def malformed_events(config: SimulationConfig, valid: pd.DataFrame, day_index: i
     return events
 
 
-def event_lines(config: SimulationConfig) -> dict[date, list[str]]:
-    """Per day, the JSON lines that arrive: valid events with malformed ones mixed in."""
+def event_lines(config: SimulationConfig):
+    """Per day: (day, JSON lines as they arrive, number of valid events, malformed kinds)."""
     accounts = make_accounts(config)
-    out = {}
     for i, n in enumerate(_daily_counts(config)):
         day_index = config.first_day + i
         valid, _ = split_labels(simulate_day(config, accounts, day_index, n))
-        lines = [json.dumps(r) for r in valid.to_dict("records")]
-        lines += [line for _, line in malformed_events(config, valid, day_index)]
+        malformed = malformed_events(config, valid, day_index)
+        lines = [json.dumps(r) for r in valid.to_dict("records")] + [line for _, line in malformed]
         order = np.random.default_rng([config.seed, 20_000 + day_index]).permutation(len(lines))
-        out[config.day(day_index)] = [lines[j] for j in order]
-    return out
+        yield config.day(day_index), [lines[j] for j in order], len(valid), [k for k, _ in malformed]
 
 
-def land_files(config: SimulationConfig, landing_dir: str | Path) -> list[Path]:
-    """Write each day's events as a JSON-lines file; rewriting the same day is a no-op."""
+def land_files(config: SimulationConfig, landing_dir: str | Path) -> dict[str, int]:
+    """Write each day's events as a JSON-lines file; rewriting the same day is a no-op.
+
+    Returns how many files, valid events and malformed events were landed.
+    """
     landing = Path(landing_dir)
     landing.mkdir(parents=True, exist_ok=True)
-    written = []
-    for day, lines in event_lines(config).items():
+    totals = {"files": 0, "valid_events": 0, "malformed_events": 0}
+    for day, lines, n_valid, kinds in event_lines(config):
         path = landing / f"transactions-{day.isoformat()}.jsonl"
         body = "\n".join(lines) + "\n"
         if not path.exists() or path.read_text() != body:
             tmp = path.with_suffix(".tmp")
             tmp.write_text(body)
             tmp.rename(path)  # atomic: a streaming reader never sees half a file
-        written.append(path)
-    return written
-
-
-def simulation_date_range(config: SimulationConfig) -> tuple[datetime, datetime]:
-    start = datetime.combine(config.day(config.first_day), datetime.min.time())
-    return start, start + timedelta(days=config.days)
+        totals["files"] += 1
+        totals["valid_events"] += n_valid
+        totals["malformed_events"] += len(kinds)
+    return totals

@@ -67,7 +67,7 @@ def _jvm_output_to(log_path: Path):
 
 
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
-    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG}"
+    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} {settings.jvm_options}"
     return {
         "spark.app.name": app_name,
         "spark.master": settings.spark_master,

@@ -1,0 +1,165 @@
+"""Run the whole workbook headless: notebooks 01 to 05 in order, with papermill.
+
+    python -m workbook.run [--rows N] [--days D] [--seed S] [--start-date YYYY-MM-DD]
+
+Executed notebooks and their HTML exports go to ``runs/<time>/``; ``runs/latest`` points at
+the newest run and holds ``summary.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from workbook.config import REPO_ROOT
+from workbook.report import REPORT_ENV
+
+NOTEBOOKS = ("01_ingest", "02_features", "03_train", "04_stream_inference", "05_feature_store")
+NOTEBOOK_DIR = REPO_ROOT / "notebooks"
+
+
+class PeakMemory:
+    """Samples the resident memory of this process and all its children (kernels, JVMs)."""
+
+    def __init__(self, interval: float = 0.5):
+        import psutil
+
+        self._root = psutil.Process()
+        self._interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        import psutil
+
+        while not self._stop.is_set():
+            total = 0
+            for proc in [self._root, *self._root.children(recursive=True)]:
+                try:
+                    total += proc.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak_mb = max(self.peak_mb, total / 2**20)
+            self._stop.wait(self._interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Run the workbook's notebooks headless.")
+    parser.add_argument("--rows", type=int, help="legitimate transactions to simulate")
+    parser.add_argument("--days", type=int, help="days in the simulated period")
+    parser.add_argument("--seed", type=int, help="simulator seed")
+    parser.add_argument("--start-date", help="first simulated day, YYYY-MM-DD")
+    parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
+    parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
+    return parser.parse_args(argv)
+
+
+def notebook_parameters(path: Path, overrides: dict) -> dict:
+    """The overrides that this notebook declares in its parameters cell."""
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    return {k: v for k, v in overrides.items() if k in declared and v is not None}
+
+
+def export_html(notebook: Path, target: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(notebook, as_version=4))
+    target.write_text(body)
+
+
+def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dict:
+    return {
+        "rows": {
+            "raw": report.get("raw_rows"),
+            "quarantine": report.get("quarantine_rows"),
+            "labels": report.get("label_rows"),
+            "features": report.get("feature_rows"),
+            "predictions": report.get("prediction_rows"),
+            "online_store": report.get("online_rows"),
+        },
+        "model": {"roc_auc": report.get("roc_auc"), "pr_auc": report.get("pr_auc")},
+        "lookup_latency": {k: report.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
+        "wall_seconds": {**wall, "total": round(sum(wall.values()), 1)},
+        "peak_rss_mb": round(peak_mb),
+        "parameters": parameters,
+        "finished_at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+
+
+def main(argv=None) -> int:
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    args = parse_args(argv)
+    overrides = {
+        "n_transactions": args.rows,
+        "days": args.days,
+        "seed": args.seed,
+        "start_date": args.start_date,
+    }
+    run_dir = args.runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (run_dir / "html").mkdir(parents=True)
+    os.environ[REPORT_ENV] = str(run_dir / "report.json")
+    wall: dict[str, float] = {}
+    selected = args.only or NOTEBOOKS
+    print(f"Running {len(selected)} notebooks; outputs in {run_dir}", flush=True)
+    with PeakMemory() as memory:
+        for i, name in enumerate(selected, 1):
+            source = NOTEBOOK_DIR / f"{name}.ipynb"
+            executed = run_dir / f"{name}.ipynb"
+            params = notebook_parameters(source, overrides)
+            print(f"[{i}/{len(selected)}] {name} {params or ''}".rstrip(), end=" ... ", flush=True)
+            start = time.perf_counter()
+            try:
+                papermill.execute_notebook(
+                    str(source),
+                    str(executed),
+                    parameters=params,
+                    cwd=str(NOTEBOOK_DIR),
+                    progress_bar=False,
+                    kernel_name="python3",
+                )
+            except PapermillExecutionError as error:
+                print("failed")
+                print(
+                    f"\n{name} failed in cell {error.cell_index} (execution count "
+                    f"{error.exec_count}): {error.ename}: {error.evalue}\n"
+                    f"The executed notebook, with the full traceback: {executed}",
+                    file=sys.stderr,
+                )
+                return 1
+            wall[name] = round(time.perf_counter() - start, 1)
+            print(f"done in {wall[name]} s", flush=True)
+            export_html(executed, run_dir / "html" / f"{name}.html")
+    report_path = run_dir / "report.json"
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    summary = summarize(report, wall, memory.peak_mb, {k: v for k, v in overrides.items() if v})
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    latest = args.runs_dir / "latest"
+    if latest.is_symlink() or latest.exists():
+        latest.unlink()
+    latest.symlink_to(run_dir.name)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

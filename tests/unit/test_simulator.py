@@ -1,0 +1,243 @@
+"""The simulator: deterministic, schema-true, composable by day, with plausible fraud."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from datetime import date, datetime, timedelta
+
+import numpy as np
+import pandas as pd
+import pytest
+from workbook import ingest, names, simulator
+from workbook.simulator import SimulationConfig
+
+SMALL = SimulationConfig(n_transactions=4000, days=4, n_accounts=120)
+# Enough accounts and days for a handful of fraud episodes to fall in the range.
+FRAUDY = SimulationConfig(n_transactions=20_000, days=30, n_accounts=500)
+
+
+def lines_by_day(config: SimulationConfig) -> dict[date, list[str]]:
+    """The JSON lines that arrive on each day of ``config``."""
+    return {day: lines for day, lines, *_ in simulator.event_lines(config)}
+
+
+@pytest.fixture(scope="module")
+def fraudy():
+    transactions, labels = simulator.simulate(FRAUDY)
+    return transactions, labels
+
+
+def test_same_config_gives_identical_frames():
+    tx_a, labels_a = simulator.simulate(SMALL)
+    tx_b, labels_b = simulator.simulate(SMALL)
+    pd.testing.assert_frame_equal(tx_a, tx_b)
+    pd.testing.assert_frame_equal(labels_a, labels_b)
+    assert list(simulator.event_lines(SMALL)) == list(simulator.event_lines(SMALL))
+
+
+def test_different_seed_gives_different_frames():
+    tx_a, _ = simulator.simulate(SMALL)
+    tx_b, _ = simulator.simulate(replace(SMALL, seed=SMALL.seed + 1))
+    assert not tx_a[names.AMOUNT].equals(tx_b[names.AMOUNT])
+    assert not tx_a[names.ACCOUNT_ID].equals(tx_b[names.ACCOUNT_ID])
+
+
+def test_columns_and_values_match_the_seed_schema():
+    tx, labels = simulator.simulate(SMALL)
+    assert list(tx.columns) == list(ingest.EVENT_FIELDS)
+    assert list(labels.columns) == [names.TRANSACTION_ID, names.LABEL]
+    assert len(tx) >= SMALL.n_transactions
+    assert tx[names.TRANSACTION_ID].is_unique
+    assert tx[names.TRANSACTION_ID].str.fullmatch(r"TX\d{8}-\d{7}").all()
+    assert tx[names.ACCOUNT_ID].str.fullmatch(r"ACC\d{6}").all()
+    assert tx[names.ACCOUNT_ID].nunique() <= SMALL.accounts
+    assert tx[names.MERCHANT_ID].str.fullmatch(r"M\d{6}").all()
+    assert set(tx[names.CURRENCY]) <= set(names.KNOWN_CURRENCIES)
+    assert set(tx[names.CATEGORY]) <= set(simulator.CATEGORIES)
+    assert set(tx[names.TRANSACTION_TYPE]) <= set(simulator.TRANSACTION_TYPES)
+    assert tx[names.IS_FLAGGED].dtype == bool
+    assert (tx[names.IS_FLAGGED] == (tx[names.AMOUNT] > simulator.LEGACY_FLAG_AMOUNT)).all()
+
+    amounts = tx[names.AMOUNT]
+    assert amounts.dtype == np.float64
+    assert (amounts > 0).all() and (amounts < ingest.MAX_AMOUNT).all()
+    assert np.allclose(amounts, amounts.round(2), rtol=0, atol=1e-9)
+
+    # Timestamps are ISO-8601 UTC text the ingestion's format accepts, inside the range.
+    assert tx[names.TIMESTAMP].str.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ").all()
+    stamps = pd.to_datetime(tx[names.TIMESTAMP], format="%Y-%m-%dT%H:%M:%SZ")
+    start = datetime(2025, 1, 1) + timedelta(days=SMALL.first_day)
+    end = start + timedelta(days=SMALL.days)
+    assert stamps.min() >= start and stamps.max() < end
+    assert stamps.dt.date.nunique() == SMALL.days
+    # Each day is sorted by time and ids follow that order.
+    assert stamps.is_monotonic_increasing
+
+
+def test_day_ranges_compose():
+    whole, whole_labels = simulator.simulate(SMALL)
+    per_day = SMALL.n_transactions // SMALL.days
+    cuts = [
+        replace(SMALL, first_day=i, days=1, n_transactions=per_day, n_accounts=SMALL.accounts)
+        for i in range(SMALL.days)
+    ]
+    parts = [simulator.simulate(c) for c in cuts]
+    pd.testing.assert_frame_equal(whole, pd.concat([p[0] for p in parts], ignore_index=True))
+    pd.testing.assert_frame_equal(whole_labels, pd.concat([p[1] for p in parts], ignore_index=True))
+
+    # following_days keeps the population and the daily volume: two days, then two more.
+    first = replace(SMALL, days=2, n_transactions=2 * per_day, n_accounts=SMALL.accounts)
+    second = first.following_days(2)
+    assert (second.first_day, second.days, second.n_transactions) == (2, 2, 2 * per_day)
+    assert second.accounts == SMALL.accounts
+    chained = pd.concat([simulator.simulate(first)[0], simulator.simulate(second)[0]])
+    pd.testing.assert_frame_equal(whole, chained.reset_index(drop=True))
+
+    # Event lines (valid and malformed ones) compose the same way.
+    assert lines_by_day(SMALL) == {**lines_by_day(first), **lines_by_day(second)}
+
+
+def test_following_days_keeps_accounts_when_volume_implies_fewer():
+    config = SimulationConfig(n_transactions=8000, days=4)  # 200 accounts by default
+    nxt = config.following_days(1)
+    assert nxt.n_transactions == 2000
+    assert nxt.accounts == config.accounts == 200
+
+
+def test_fraud_share_is_small_but_not_zero(fraudy):
+    _, labels = fraudy
+    assert set(labels[names.LABEL].unique()) == {0, 1}
+    share = labels[names.LABEL].mean()
+    assert 0.001 < share < 0.05, share
+
+
+def test_fraud_amounts_are_higher_on_median(fraudy):
+    tx, labels = fraudy
+    amount = tx[names.AMOUNT]
+    fraud = labels[names.LABEL] == 1
+    assert amount[fraud].median() > 1.5 * amount[~fraud].median()
+    # Fraud also leans to risky categories and night time.
+    risky = tx[names.CATEGORY].isin(simulator.RISKY_CATEGORIES)
+    assert risky[fraud].mean() > 5 * risky[~fraud].mean()
+    hour = pd.to_datetime(tx[names.TIMESTAMP]).dt.hour
+    assert (hour[fraud] < 6).mean() > 2 * (hour[~fraud] < 6).mean()
+
+
+def test_labels_align_with_transactions(fraudy):
+    tx, labels = fraudy
+    assert len(labels) == len(tx)
+    assert labels[names.TRANSACTION_ID].tolist() == tx[names.TRANSACTION_ID].tolist()
+    assert labels[names.LABEL].isin([0, 1]).all()
+    # The fraud rows belong to the compromised accounts whose episode covers their day.
+    accounts = simulator.make_accounts(FRAUDY)
+    index = {a: i for i, a in enumerate(accounts.ids)}
+    fraud_tx = tx[labels[names.LABEL] == 1]
+    for account, stamp in zip(fraud_tx[names.ACCOUNT_ID], fraud_tx[names.TIMESTAMP], strict=True):
+        i = index[account]
+        day = (datetime.fromisoformat(stamp[:10]) - datetime(2025, 1, 1)).days
+        start = accounts.episode_start[i]
+        assert start >= 0 and start <= day < start + accounts.episode_days[i]
+
+
+def _day_frame(config: SimulationConfig, day_index: int) -> pd.DataFrame:
+    accounts = simulator.make_accounts(config)
+    frame = simulator.simulate_day(config, accounts, day_index, config.n_transactions)
+    return simulator.split_labels(frame)[0]
+
+
+def test_malformed_events_cover_every_kind():
+    config = replace(SMALL, malformed_share=0.03)
+    valid = _day_frame(config, 0)
+    events = simulator.malformed_events(config, valid, 0)
+    assert len(events) == math.ceil(len(valid) * config.malformed_share)
+    kinds = [kind for kind, _ in events]
+    assert set(kinds) == set(simulator.MALFORMED_KINDS)
+    assert events == simulator.malformed_events(config, valid, 0)  # deterministic
+
+    valid_lines = {json.dumps(r) for r in valid.to_dict("records")}
+    valid_ids = set(valid[names.TRANSACTION_ID])
+    for kind, line in events:
+        if kind == "invalid_json":
+            with pytest.raises(json.JSONDecodeError):
+                json.loads(line)
+            continue
+        event = json.loads(line)
+        amount = event.get(names.AMOUNT)
+        if kind == "duplicate":
+            assert line in valid_lines
+            assert event[names.TRANSACTION_ID] in valid_ids
+            continue
+        assert event[names.TRANSACTION_ID].startswith("BAD")
+        match kind:
+            case "missing_field":
+                assert names.ACCOUNT_ID not in event
+            case "null_amount":
+                assert amount is None
+            case "wrong_type":
+                assert isinstance(amount, str) and amount.endswith(" EUR")
+            case "zero_amount":
+                assert amount == 0
+            case "negative_amount":
+                assert amount < 0
+            case "nan_amount":
+                assert math.isnan(amount)
+            case "infinite_amount":
+                assert math.isinf(amount)
+            case "huge_amount":
+                assert amount > ingest.MAX_AMOUNT
+            case "unknown_currency":
+                assert event[names.CURRENCY] not in names.KNOWN_CURRENCIES
+            case "bad_timestamp":
+                assert " at " in event[names.TIMESTAMP]
+            case "future_timestamp":
+                assert event[names.TIMESTAMP].startswith("2099-")
+            case _:
+                pytest.fail(f"unexpected kind {kind}")
+
+
+def test_event_lines_mix_valid_and_malformed():
+    config = replace(SMALL, malformed_share=0.03)
+    valid = _day_frame(config, 0)
+    one_day = replace(config, days=1, n_transactions=config.n_transactions)
+    ((day, day_lines, n_valid, kinds),) = list(simulator.event_lines(one_day))
+    malformed = simulator.malformed_events(config, valid, 0)
+    expected_valid = [json.dumps(r) for r in valid.to_dict("records")]
+    expected_bad = [text for _, text in malformed]
+    assert day == date(2025, 1, 1)
+    assert n_valid == len(valid)
+    assert kinds == [kind for kind, _ in malformed]
+    assert sorted(day_lines) == sorted(expected_valid + expected_bad)
+    assert day_lines != expected_valid + expected_bad  # shuffled, not appended
+
+
+def test_land_files_is_idempotent(tmp_path):
+    config = SimulationConfig(n_transactions=600, days=3, n_accounts=60)
+    landing = tmp_path / "landing"
+    expected = lines_by_day(config)
+    totals = simulator.land_files(config, landing)
+    n_valid = len(simulator.simulate(config)[0])
+    n_lines = sum(len(lines) for lines in expected.values())
+    assert totals == {"files": 3, "valid_events": n_valid, "malformed_events": n_lines - n_valid}
+    paths = sorted(landing.iterdir())
+    assert [p.name for p in paths] == [
+        "transactions-2025-01-01.jsonl",
+        "transactions-2025-01-02.jsonl",
+        "transactions-2025-01-03.jsonl",
+    ]
+    for path, lines in zip(paths, expected.values(), strict=True):
+        assert path.read_text() == "\n".join(lines) + "\n"
+
+    before = {p: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in paths}
+    assert simulator.land_files(config, landing) == totals
+    after = {p: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in paths}
+    assert after == before
+    assert sorted(landing.iterdir()) == paths
+
+    # A damaged file is rewritten; the intact ones are left alone.
+    paths[1].write_text("garbage\n")
+    simulator.land_files(config, landing)
+    assert paths[1].read_text() == "\n".join(expected[config.day(1)]) + "\n"
+    assert paths[0].stat().st_mtime_ns == before[paths[0]][0]
+    assert sorted(landing.iterdir()) == paths  # no temporary files left behind
