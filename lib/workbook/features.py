@@ -85,11 +85,17 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
             F.explode(F.sequence("_first", "_last")).alias(names.TRANSACTION_DATE),
         )
     )
-    zero_when_idle = {c: 0 for c in DAILY_FEATURES if c != "daily_average_amount" and c != "daily_max_amount"}
+    zero_when_idle = {
+        c: 0 for c in DAILY_FEATURES if c != "daily_average_amount" and c != "daily_max_amount"
+    }
     dense = calendar.join(daily, list(FEATURE_KEYS), "left").fillna(zero_when_idle)
 
     def last(n):
-        return Window.partitionBy(names.ACCOUNT_ID).orderBy(names.TRANSACTION_DATE).rowsBetween(-(n - 1), 0)
+        return (
+            Window.partitionBy(names.ACCOUNT_ID)
+            .orderBy(names.TRANSACTION_DATE)
+            .rowsBetween(-(n - 1), 0)
+        )
 
     count_7d = F.sum("daily_transaction_count").over(last(7))
     count_30d = F.sum("daily_transaction_count").over(last(30))
@@ -100,10 +106,15 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
         F.round(F.sum("daily_total_amount").over(last(7)), 2).alias("amount_sum_7d"),
         F.coalesce(F.max("daily_max_amount").over(last(7)), F.lit(0.0)).alias("amount_max_7d"),
         F.round(
-            F.coalesce(F.try_divide(F.sum("daily_night_count").over(last(7)), count_7d), F.lit(0.0)), 4
+            F.coalesce(
+                F.try_divide(F.sum("daily_night_count").over(last(7)), count_7d), F.lit(0.0)
+            ),
+            4,
         ).alias("night_share_7d"),
         count_30d.alias("txn_count_30d"),
-        F.round(F.try_divide(F.sum("daily_total_amount").over(last(30)), count_30d), 4).alias("amount_avg_30d"),
+        F.round(F.try_divide(F.sum("daily_total_amount").over(last(30)), count_30d), 4).alias(
+            "amount_avg_30d"
+        ),
     )
     return features.select([F.col(f.name).cast(f.dataType) for f in FEATURES_SCHEMA])
 
@@ -149,7 +160,5 @@ def latest_per_account(features: DataFrame) -> DataFrame:
     """Each account's most recent feature row: what the online store serves."""
     newest = Window.partitionBy(names.ACCOUNT_ID).orderBy(F.col(names.TRANSACTION_DATE).desc())
     return (
-        features.withColumn("_rank", F.row_number().over(newest))
-        .filter("_rank = 1")
-        .drop("_rank")
+        features.withColumn("_rank", F.row_number().over(newest)).filter("_rank = 1").drop("_rank")
     )

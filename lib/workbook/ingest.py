@@ -28,7 +28,13 @@ EVENT_FIELDS = (
     names.CATEGORY,
     names.IS_FLAGGED,
 )
-REQUIRED_FIELDS = (names.TRANSACTION_ID, names.TIMESTAMP, names.ACCOUNT_ID, names.AMOUNT, names.CURRENCY)
+REQUIRED_FIELDS = (
+    names.TRANSACTION_ID,
+    names.TIMESTAMP,
+    names.ACCOUNT_ID,
+    names.AMOUNT,
+    names.CURRENCY,
+)
 TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"
 MAX_AMOUNT = 1_000_000.0
 MAX_EVENT_BYTES = 16_384
@@ -104,7 +110,10 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
         ("wrong_type", amount.isNull() | (F.col(names.IS_FLAGGED).isNotNull() & flagged.isNull())),
         (
             "invalid_amount",
-            F.isnan(amount) | (amount <= 0) | (F.abs(amount) == float("inf")) | (amount > MAX_AMOUNT),
+            F.isnan(amount)
+            | (amount <= 0)
+            | (F.abs(amount) == float("inf"))
+            | (amount > MAX_AMOUNT),
         ),
         ("unknown_currency", ~F.col(names.CURRENCY).isin(*names.KNOWN_CURRENCIES)),
         ("invalid_timestamp", timestamp.isNull()),
@@ -196,7 +205,9 @@ def start_ingest(
     )
 
 
-def landed_files_stream(spark: SparkSession, landing: str, max_files_per_trigger: int = 10) -> DataFrame:
+def landed_files_stream(
+    spark: SparkSession, landing: str, max_files_per_trigger: int = 10
+) -> DataFrame:
     """Landed JSON-lines files as a stream of text events, one per line."""
     return (
         spark.readStream.format("text")

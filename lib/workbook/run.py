@@ -9,6 +9,7 @@ the newest run and holds ``summary.json``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -42,10 +43,8 @@ class PeakMemory:
         while not self._stop.is_set():
             total = 0
             for proc in [self._root, *self._root.children(recursive=True)]:
-                try:
+                with contextlib.suppress(psutil.Error):  # a process may end while we look
                     total += proc.memory_info().rss
-                except psutil.Error:
-                    pass
             self.peak_mb = max(self.peak_mb, total / 2**20)
             self._stop.wait(self._interval)
 

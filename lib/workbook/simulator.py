@@ -142,12 +142,16 @@ def simulate_day(config: SimulationConfig, accounts: Accounts, day_index: int, n
     # Legitimate activity: daytime, amounts around each account's typical amount.
     acc = rng.choice(len(accounts.ids), n_normal, p=accounts.activity)
     night = rng.random(n_normal) < 0.04
-    hours = np.where(night, rng.uniform(0, 6, n_normal), np.clip(rng.normal(14, 3.5, n_normal), 6, 23.99))
+    hours = np.where(
+        night, rng.uniform(0, 6, n_normal), np.clip(rng.normal(14, 3.5, n_normal), 6, 23.99)
+    )
     amounts = np.exp(rng.normal(accounts.log_typical_amount[acc], 0.6))
     categories = _pick(rng, CATEGORIES, n_normal)
     home = rng.random(n_normal) < 0.85
     merchants = np.where(
-        home, accounts.home_merchants[acc, rng.integers(0, 8, n_normal)], rng.integers(0, n_merchants, n_normal)
+        home,
+        accounts.home_merchants[acc, rng.integers(0, 8, n_normal)],
+        rng.integers(0, n_merchants, n_normal),
     )
     types = _pick(rng, TRANSACTION_TYPES, n_normal)
 
@@ -160,8 +164,12 @@ def simulate_day(config: SimulationConfig, accounts: Accounts, day_index: int, n
     burst = 2 + rng.poisson(3, len(active))
     f_acc = np.repeat(active, burst)
     n_fraud = len(f_acc)
-    f_hours = np.where(rng.random(n_fraud) < 0.45, rng.uniform(0, 6, n_fraud), rng.uniform(0, 24, n_fraud))
-    f_scale = np.where(rng.random(n_fraud) < 0.65, rng.uniform(3, 12, n_fraud), rng.uniform(0.5, 2, n_fraud))
+    f_hours = np.where(
+        rng.random(n_fraud) < 0.45, rng.uniform(0, 6, n_fraud), rng.uniform(0, 24, n_fraud)
+    )
+    f_scale = np.where(
+        rng.random(n_fraud) < 0.65, rng.uniform(3, 12, n_fraud), rng.uniform(0.5, 2, n_fraud)
+    )
     f_amounts = np.exp(accounts.log_typical_amount[f_acc]) * f_scale
     f_categories = np.where(
         rng.random(n_fraud) < 0.6,
@@ -211,7 +219,9 @@ def split_labels(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     return frame.drop(columns=[names.LABEL]), labels
 
 
-def malformed_events(config: SimulationConfig, valid: pd.DataFrame, day_index: int) -> list[tuple[str, str]]:
+def malformed_events(
+    config: SimulationConfig, valid: pd.DataFrame, day_index: int
+) -> list[tuple[str, str]]:
     """Hostile copies of some valid events, as (kind, JSON line) pairs."""
     rng = np.random.default_rng([config.seed, 10_000 + day_index])
     n = math.ceil(len(valid) * config.malformed_share)
@@ -259,7 +269,12 @@ def event_lines(config: SimulationConfig):
         malformed = malformed_events(config, valid, day_index)
         lines = [json.dumps(r) for r in valid.to_dict("records")] + [line for _, line in malformed]
         order = np.random.default_rng([config.seed, 20_000 + day_index]).permutation(len(lines))
-        yield config.day(day_index), [lines[j] for j in order], len(valid), [k for k, _ in malformed]
+        yield (
+            config.day(day_index),
+            [lines[j] for j in order],
+            len(valid),
+            [k for k, _ in malformed],
+        )
 
 
 def land_files(config: SimulationConfig, landing_dir: str | Path) -> dict[str, int]:

@@ -28,7 +28,10 @@ def java_major_version(java: str | None = None) -> int:
     if java is None:
         home = os.environ.get("JAVA_HOME")
         java = str(Path(home) / "bin" / "java") if home else shutil.which("java")
-    hint = f"Spark needs Java {MIN_JAVA} or 21: install OpenJDK 17 (apt-get install openjdk-17-jdk-headless, or conda install -c conda-forge openjdk=17) and set JAVA_HOME."
+    hint = (
+        f"Spark needs Java {MIN_JAVA} or 21: install OpenJDK 17 (apt-get install "
+        "openjdk-17-jdk-headless, or conda install -c conda-forge openjdk=17) and set JAVA_HOME."
+    )
     if not java or not Path(java).exists():
         raise JavaNotFoundError(f"No Java runtime found. {hint}")
     out = subprocess.run([java, "-version"], capture_output=True, text=True).stderr
@@ -113,9 +116,11 @@ def fetch_jars() -> None:
 
     check_java()
     packages = sorted({p for ps in PACKAGES.values() for p in ps})
-    spark = SparkSession.builder.master("local[1]").config(
-        "spark.jars.packages", ",".join(packages)
-    ).getOrCreate()
+    spark = (
+        SparkSession.builder.master("local[1]")
+        .config("spark.jars.packages", ",".join(packages))
+        .getOrCreate()
+    )
     spark.stop()
     print(f"Fetched {len(packages)} packages and their dependencies:", *packages, sep="\n  ")
 

@@ -40,12 +40,12 @@ def _column_types() -> dict[str, str]:
 
 
 def _local_server():
-    import pgserver
-
     settings = get_settings()
     settings.postgres_dir.mkdir(parents=True, exist_ok=True)
     with warnings.catch_warnings():  # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset
         warnings.simplefilter("ignore")
+        import pgserver
+
         return pgserver.get_server(settings.postgres_dir, cleanup_mode="stop")
 
 
@@ -64,7 +64,7 @@ def connect(conninfo: str | None = None):
 
 def _unavailable(error: Exception) -> str:
     hint = (
-        "start it with `make stack-up` (or `docker compose up -d postgres`) and check PGHOST/PGPORT in .env"
+        "start it with `docker compose up -d postgres` and check PGHOST and PGPORT in .env"
         if get_settings().profile == "stack"
         else "the embedded server starts by itself; run `make reset` if its data folder is damaged"
     )
@@ -78,8 +78,8 @@ def create_tables(conn) -> None:
     with conn, conn.cursor() as cur:
         cur.execute(
             sql.SQL(
-                "CREATE TABLE IF NOT EXISTS {t} ({cols}, last_updated TIMESTAMPTZ NOT NULL DEFAULT now(), "
-                "PRIMARY KEY ({key}))"
+                "CREATE TABLE IF NOT EXISTS {t} ({cols}, "
+                "last_updated TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY ({key}))"
             ).format(t=sql.Identifier(TABLE), cols=columns, key=sql.Identifier(names.ACCOUNT_ID))
         )
         cur.execute(
@@ -104,7 +104,9 @@ def materialize(conn, latest: pd.DataFrame) -> dict[str, int]:
         sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in COLUMNS[1:]
     )
     target_row = sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in COLUMNS[1:])
-    new_row = sql.SQL(", ").join(sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in COLUMNS[1:])
+    new_row = sql.SQL(", ").join(
+        sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in COLUMNS[1:]
+    )
     with conn, conn.cursor() as cur:
         cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGING)))
         cur.copy_expert(
@@ -131,7 +133,11 @@ def materialize(conn, latest: pd.DataFrame) -> dict[str, int]:
         )
         flags = [row[0] for row in cur.fetchall()]
     inserted = sum(flags)
-    return {"inserted": inserted, "updated": len(flags) - inserted, "unchanged": len(frame) - len(flags)}
+    return {
+        "inserted": inserted,
+        "updated": len(flags) - inserted,
+        "unchanged": len(frame) - len(flags),
+    }
 
 
 def read_all(conn) -> pd.DataFrame:
@@ -160,10 +166,14 @@ class FeatureStore:
         key=sql.Identifier(names.ACCOUNT_ID),
     )
 
-    def __init__(self, conninfo: str | None = None, min_connections: int = 1, max_connections: int = 8):
+    def __init__(
+        self, conninfo: str | None = None, min_connections: int = 1, max_connections: int = 8
+    ):
         conninfo = dsn() if conninfo is None else conninfo
         try:
-            self._pool = ThreadedConnectionPool(min_connections, max_connections, conninfo, connect_timeout=5)
+            self._pool = ThreadedConnectionPool(
+                min_connections, max_connections, conninfo, connect_timeout=5
+            )
         except psycopg2.OperationalError as error:
             raise StoreUnavailableError(_unavailable(error)) from None
 
@@ -200,7 +210,9 @@ class FeatureStore:
         self.close()
 
 
-def lookup_latencies_ms(store: FeatureStore, account_ids: list[str], n: int = 2000, seed: int = 0) -> np.ndarray:
+def lookup_latencies_ms(
+    store: FeatureStore, account_ids: list[str], n: int = 2000, seed: int = 0
+) -> np.ndarray:
     """Time ``n`` single-key lookups of randomly chosen accounts, in milliseconds."""
     rng = np.random.default_rng(seed)
     keys = rng.choice(np.asarray(account_ids), n)

@@ -92,10 +92,14 @@ def evaluate(train_scored: pd.DataFrame, test_scored: pd.DataFrame) -> Evaluatio
     The baseline flags amounts above a threshold: what the model adds is the difference.
     """
     threshold = metrics.best_f1_threshold(train_scored[SCORE], train_scored[names.LABEL])
-    amount_threshold = metrics.best_f1_threshold(train_scored[names.AMOUNT], train_scored[names.LABEL])
+    amount_threshold = metrics.best_f1_threshold(
+        train_scored[names.AMOUNT], train_scored[names.LABEL]
+    )
     return Evaluation(
         model=metrics.evaluate(test_scored[SCORE], test_scored[names.LABEL], threshold),
-        baseline=metrics.evaluate(test_scored[names.AMOUNT], test_scored[names.LABEL], amount_threshold),
+        baseline=metrics.evaluate(
+            test_scored[names.AMOUNT], test_scored[names.LABEL], amount_threshold
+        ),
         threshold=threshold,
         baseline_threshold=amount_threshold,
     )
@@ -108,10 +112,14 @@ def set_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
 
 
 def save_model(spark, model: PipelineModel, path: str, metadata: dict) -> None:
-    """Save (overwriting any earlier model) with a metadata file that says what it was trained on."""
+    """Save, overwriting any earlier model, with a file that says what it was trained on."""
     model.write().overwrite().save(path)
-    lakehouse.write_text(spark, f"{path}/{METADATA_FILE}", json.dumps(metadata, indent=2, default=str))
+    lakehouse.write_text(
+        spark, f"{path}/{METADATA_FILE}", json.dumps(metadata, indent=2, default=str)
+    )
 
 
 def load_model(spark, path: str) -> tuple[PipelineModel, dict]:
-    return PipelineModel.load(path), json.loads(lakehouse.read_text(spark, f"{path}/{METADATA_FILE}"))
+    return PipelineModel.load(path), json.loads(
+        lakehouse.read_text(spark, f"{path}/{METADATA_FILE}")
+    )

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
+
 from workbook import features, ingest, lakehouse, names, simulator
 from workbook.simulator import SimulationConfig
 

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
+
 from workbook import features, ingest, names, simulator
 from workbook.simulator import SimulationConfig
 

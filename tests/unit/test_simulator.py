@@ -10,6 +10,7 @@ from datetime import date, datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+
 from workbook import ingest, names, simulator
 from workbook.simulator import SimulationConfig
 

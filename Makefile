@@ -1,0 +1,54 @@
+# One command to run the workbook, one to test it; both set up what they need first.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+INSTALLED := $(VENV)/.installed
+ARGS ?=
+
+.PHONY: setup run test test-unit test-notebooks jars lab lint format reset clean refresh-outputs
+
+$(INSTALLED): pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -c "from workbook.spark import check_java; check_java()"
+	touch $@
+
+setup: $(INSTALLED)  ## create .venv with the pinned packages and check Java
+
+run: setup  ## run notebooks 01-05 headless; e.g. make run ARGS="--rows 50000 --seed 7"
+	$(BIN)/python -m workbook.run $(ARGS)
+
+test: test-unit test-notebooks  ## every test: the library, then the notebooks with nbval
+
+test-unit: setup
+	$(BIN)/python -m pytest tests -q
+
+test-notebooks: setup
+	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+jars: setup  ## fetch the Spark packages into the local Ivy cache, to work offline afterwards
+	$(BIN)/python -m workbook.spark
+
+lab: setup  ## open the notebooks in JupyterLab
+	$(BIN)/jupyter lab notebooks
+
+lint: setup
+	$(BIN)/ruff check lib tests notebooks
+	$(BIN)/ruff format --check lib tests notebooks
+
+format: setup
+	$(BIN)/ruff check --fix lib tests notebooks
+	$(BIN)/ruff format lib tests notebooks
+
+reset:  ## delete the local lakehouse (tables, checkpoints, landed events) and the local database
+	rm -rf lakehouse
+
+clean: reset
+	rm -rf runs $(VENV)
+
+refresh-outputs: setup  ## re-execute every notebook on a fresh lakehouse and keep the outputs (what nbval compares)
+	tmp=$$(mktemp -d) && WORKBOOK_LAKEHOUSE=$$tmp $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
+		--ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=1800 notebooks/0*.ipynb; \
+		status=$$?; rm -rf $$tmp; exit $$status
