@@ -104,7 +104,7 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
     )
     amount, flagged, timestamp = F.col("_amount"), F.col("_flagged"), F.col("_timestamp")
     rules = [
-        ("oversized_event", F.length(text) > MAX_EVENT_BYTES),
+        ("oversized_event", F.octet_length(text) > MAX_EVENT_BYTES),
         ("malformed_json", F.col(CORRUPT).isNotNull()),
         ("missing_required_field", F.greatest(*[F.col(f).isNull() for f in REQUIRED_FIELDS])),
         ("wrong_type", amount.isNull() | (F.col(names.IS_FLAGGED).isNotNull() & flagged.isNull())),
@@ -134,7 +134,8 @@ def mark_duplicates(checked: DataFrame, existing_ids: DataFrame, batch_id: int) 
     ``existing_ids`` holds the raw table's (transaction_id, ingest_batch_id); rows written by
     this same batch id are a retry of this batch, not duplicates.
     """
-    first = Window.partitionBy(names.TRANSACTION_ID).orderBy(RECORD_ID)
+    # Rank valid rows among themselves: a refused copy must not push the valid one out.
+    first = Window.partitionBy(names.TRANSACTION_ID, F.col(REASON).isNull()).orderBy(RECORD_ID)
     earlier = existing_ids.filter(F.col(BATCH_ID) != batch_id).select(
         names.TRANSACTION_ID, F.lit(True).alias("_seen")
     )
@@ -177,6 +178,10 @@ def ingest_batch(
         refused = checked.filter(F.col(REASON).isNotNull()).select(
             RECORD_ID, REASON, names.TRANSACTION_ID, F.col("value").alias("raw_value"), BATCH_ID
         )
+        # A replay (a new checkpoint over old input) must not add what is already stored.
+        valid = valid.join(existing.select(names.TRANSACTION_ID), names.TRANSACTION_ID, "left_anti")
+        stored = spark.read.format("delta").load(quarantine_path).select(RECORD_ID, REASON)
+        refused = refused.join(stored, [RECORD_ID, REASON], "left_anti")
         append_once(valid, raw_path, f"{query_id}-raw", batch_id)
         append_once(refused, quarantine_path, f"{query_id}-quarantine", batch_id)
     finally:

@@ -110,11 +110,6 @@ def test_oversized_event(spark):
     assert reasons(spark, at_limit) == [None]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: oversized_event compares F.length (characters), not bytes",
-)
 def test_oversized_event_counts_bytes_not_characters(spark):
     # 6,000 euro signs are 6,000 characters but 18,000 UTF-8 bytes (> MAX_EVENT_BYTES).
     wide = json.dumps({**GOOD, names.CATEGORY: "\u20ac" * 6000}, ensure_ascii=False)
@@ -294,12 +289,6 @@ def _sorted_before(a: str, b: str) -> bool:
     return hashlib.sha256(a.encode()).hexdigest() < hashlib.sha256(b.encode()).hexdigest()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="library bug: mark_duplicates ranks refused rows too, so an invalid copy whose "
-    "record_id sorts first makes the only valid event a 'duplicate'",
-)
 def test_invalid_copy_does_not_make_the_valid_event_a_duplicate(spark):
     valid = line()
     bad = next(
@@ -458,9 +447,8 @@ def test_replay_with_a_new_checkpoint_quarantines_nothing_again(replayed):
 @pytest.mark.xfail(
     strict=True,
     raises=AssertionError,
-    reason="library bug: mark_duplicates treats rows of the same batch id as a retry, but batch "
-    "ids restart at 0 under a new checkpoint, so a replay cut into other micro-batches is "
-    "not a no-op",
+    reason="known limitation: a replay from a new checkpoint that cuts the files into other "
+    "micro-batches quarantines the earlier events as duplicates (raw stays exact)",
 )
 def test_replay_in_other_micro_batches_changes_nothing(ingested, tmp_path):
     replay = ingested.copy(tmp_path)
