@@ -1,0 +1,60 @@
+"""The headless runner: parameters, failure reporting and the summary."""
+
+import json
+
+import nbformat
+from nbformat.v4 import new_code_cell, new_notebook
+
+from workbook import run
+
+
+def write_notebook(path, *sources, parameters="size = 1"):
+    cells = [new_code_cell(parameters, metadata={"tags": ["parameters"]})]
+    cells += [new_code_cell(s) for s in sources]
+    nbformat.write(
+        new_notebook(
+            cells=cells,
+            metadata={
+                "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                "language_info": {"name": "python"},
+            },
+        ),
+        path,
+    )
+
+
+def test_only_declared_parameters_are_passed(tmp_path):
+    write_notebook(tmp_path / "a.ipynb", parameters="n_transactions = 5\nseed = 1")
+    overrides = {"n_transactions": 10, "seed": None, "days": 3}
+    assert run.notebook_parameters(tmp_path / "a.ipynb", overrides) == {"n_transactions": 10}
+
+
+def test_a_failing_notebook_stops_the_run_and_names_the_cell(tmp_path, monkeypatch, capsys):
+    write_notebook(
+        tmp_path / "first.ipynb", "from workbook import report\nreport.record(raw_rows=size)"
+    )
+    write_notebook(tmp_path / "second.ipynb", "x = 1", "raise ValueError('boom')")
+    write_notebook(tmp_path / "third.ipynb", "open('third-ran', 'w')")
+    monkeypatch.setenv(run.REPORT_ENV, "")  # main() sets it; restored after the test
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(run, "NOTEBOOKS", ("first", "second", "third"))
+    status = run.main(["--runs-dir", str(tmp_path / "runs")])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert "second failed in cell" in err and "ValueError: boom" in err
+    assert not (tmp_path / "third-ran").exists()
+
+
+def test_a_successful_run_writes_the_summary(tmp_path, monkeypatch):
+    write_notebook(
+        tmp_path / "only.ipynb", "from workbook import report\nreport.record(raw_rows=size)"
+    )
+    monkeypatch.setenv(run.REPORT_ENV, "")  # main() sets it; restored after the test
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(run, "NOTEBOOKS", ("only",))
+    assert run.main(["--runs-dir", str(tmp_path / "runs")]) == 0
+    summary = json.loads((tmp_path / "runs" / "latest" / "summary.json").read_text())
+    assert summary["rows"]["raw"] == 1
+    assert set(summary["wall_seconds"]) == {"only", "total"}
+    assert summary["peak_rss_mb"] > 0
+    assert (tmp_path / "runs" / "latest" / "html" / "only.html").exists()
