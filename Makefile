@@ -20,7 +20,7 @@ setup: $(INSTALLED)  ## create .venv with the pinned packages and check Java
 run: setup  ## run notebooks 01-05 headless; e.g. make run ARGS="--rows 50000 --seed 7"
 	$(BIN)/python -m workbook.run $(ARGS)
 
-test: test-unit test-notebooks  ## every test: the library, then the notebooks with nbval
+test: lint test-unit test-notebooks  ## every test: lint, the library, then the notebooks with nbval
 
 test-unit: setup
 	$(BIN)/python -m pytest tests -q
@@ -35,12 +35,12 @@ lab: setup  ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks
 
 lint: setup
-	$(BIN)/ruff check lib tests notebooks
-	$(BIN)/ruff format --check lib tests notebooks
+	$(BIN)/ruff check lib tests notebooks conftest.py
+	$(BIN)/ruff format --check lib tests notebooks conftest.py
 
 format: setup
-	$(BIN)/ruff check --fix lib tests notebooks
-	$(BIN)/ruff format lib tests notebooks
+	$(BIN)/ruff check --fix lib tests notebooks conftest.py
+	$(BIN)/ruff format lib tests notebooks conftest.py
 
 reset:  ## delete the local lakehouse (tables, checkpoints, landed events) and the local database
 	rm -rf lakehouse
