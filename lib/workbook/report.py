@@ -1,4 +1,4 @@
-"""Results a notebook hands to the headless runner, and display helpers for notebooks."""
+"""Results a notebook hands to the headless runner."""
 
 from __future__ import annotations
 
@@ -19,7 +19,3 @@ def record(**values) -> None:
     current.update(values)
     path.write_text(json.dumps(current, indent=2, sort_keys=True, default=float))
 
-
-def rounded(frame, digits: int = 4):
-    """A pandas frame with floats rounded, for outputs that stay the same run after run."""
-    return frame.round(digits)
