@@ -18,4 +18,3 @@ def record(**values) -> None:
     current = json.loads(path.read_text()) if path.exists() else {}
     current.update(values)
     path.write_text(json.dumps(current, indent=2, sort_keys=True, default=float))
-
