@@ -6,7 +6,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from workbook import names
+from workbook import lakehouse, names
 from workbook.features import transaction_features
 from workbook.train import SCORE, score
 
@@ -56,7 +56,7 @@ def start_scoring(
         predictions(model, new_transactions, features)
         .writeStream.format("delta")
         .outputMode("append")
-        .option("checkpointLocation", f"{predictions_path}/_checkpoint")
+        .option("checkpointLocation", lakehouse.checkpoint_of(predictions_path))
         .queryName("score_transactions")
     )
     trigger = {"processingTime": processing_time} if processing_time else {"availableNow": True}

@@ -222,6 +222,20 @@ def landed_files_stream(
     )
 
 
+def ingest_landing_zone(spark: SparkSession):
+    """Ingest every landed file not read before into the profile's raw and quarantine tables."""
+    raw_path = lakehouse.location(names.RAW_TABLE)
+    query = start_ingest(
+        spark,
+        landed_files_stream(spark, lakehouse.location(names.LANDING_ZONE)),
+        raw_path,
+        lakehouse.location(names.QUARANTINE_TABLE),
+        checkpoint=lakehouse.checkpoint_of(raw_path),
+    )
+    query.awaitTermination()
+    return query
+
+
 def write_labels(spark: SparkSession, labels, path: str) -> None:
     """Merge ground-truth labels (a pandas frame) into the labels table."""
     ensure_table(spark, path, LABELS_SCHEMA)

@@ -15,6 +15,11 @@ def shown(path: str) -> str:
     return path.replace(str(get_settings().lakehouse), "<lakehouse>")
 
 
+def checkpoint_of(table_path: str) -> str:
+    """A streaming query's checkpoint lives beside the table it writes."""
+    return f"{table_path}/_checkpoint"
+
+
 def _fs_path(spark, path: str):
     jvm = spark._jvm
     hadoop_path = jvm.org.apache.hadoop.fs.Path(path)
