@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-unit test-notebooks jars lab lint format reset clean refresh-outputs
+.PHONY: setup run test test-unit test-notebooks jars lab lint format reset clean refresh-outputs \
+	stack-up stack-down stack-reset test-stack
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -23,10 +24,25 @@ run: setup  ## run notebooks 01-05 headless; e.g. make run ARGS="--rows 50000 --
 test: lint test-unit test-notebooks  ## every test: lint, the library, then the notebooks with nbval
 
 test-unit: setup
-	$(BIN)/python -m pytest tests -q
+	$(BIN)/python -m pytest tests/unit -q
 
 test-notebooks: setup
 	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg -q
+
+stack-up: setup  ## start the stack's services natively on 127.0.0.1 (no Docker needed)
+	stack/native/up.sh
+
+stack-down:  ## stop the native services (data kept; stack/native/down.sh --purge deletes it)
+	stack/native/down.sh
+
+stack-reset: setup  ## empty the stack's buckets, topic and feature tables (Compose or native)
+	WORKBOOK_PROFILE=stack $(BIN)/python -m workbook.services reset
+
+# The notebooks first, on emptied services; the stack tests then find their tables.
+test-stack: setup stack-reset  ## the stack suite, against running services (make stack-up)
+	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest --nbval notebooks \
+		--nbval-sanitize-with tests/nbval_sanitize.cfg -q
+	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
 
 jars: setup  ## fetch the Spark packages into the local Ivy cache, to work offline afterwards
 	$(BIN)/python -m workbook.spark

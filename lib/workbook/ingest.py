@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from workbook import lakehouse, names
+from workbook import lakehouse, names, sources
 from workbook.lakehouse import ensure_table, merge_new_rows
 
 EVENT_FIELDS = (
@@ -210,24 +210,12 @@ def start_ingest(
     )
 
 
-def landed_files_stream(
-    spark: SparkSession, landing: str, max_files_per_trigger: int = 10
-) -> DataFrame:
-    """Landed JSON-lines files as a stream of text events, one per line."""
-    return (
-        spark.readStream.format("text")
-        .option("pathGlobFilter", "*.jsonl")
-        .option("maxFilesPerTrigger", max_files_per_trigger)
-        .load(landing)
-    )
-
-
-def ingest_landing_zone(spark: SparkSession):
-    """Ingest every landed file not read before into the profile's raw and quarantine tables."""
+def ingest_events(spark: SparkSession, max_files_per_trigger: int | None = None):
+    """Ingest every event not read before from the profile's source into raw and quarantine."""
     raw_path = lakehouse.location(names.RAW_TABLE)
     query = start_ingest(
         spark,
-        landed_files_stream(spark, lakehouse.location(names.LANDING_ZONE)),
+        sources.event_stream(spark, max_files_per_trigger),
         raw_path,
         lakehouse.location(names.QUARANTINE_TABLE),
         checkpoint=lakehouse.checkpoint_of(raw_path),

@@ -13,7 +13,6 @@ import json
 import math
 from dataclasses import asdict, dataclass, replace
 from datetime import date, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -275,24 +274,3 @@ def event_lines(config: SimulationConfig):
             len(valid),
             [k for k, _ in malformed],
         )
-
-
-def land_files(config: SimulationConfig, landing_dir: str | Path) -> dict[str, int]:
-    """Write each day's events as a JSON-lines file; rewriting the same day is a no-op.
-
-    Returns how many files, valid events and malformed events were landed.
-    """
-    landing = Path(landing_dir)
-    landing.mkdir(parents=True, exist_ok=True)
-    totals = {"files": 0, "valid_events": 0, "malformed_events": 0}
-    for day, lines, n_valid, kinds in event_lines(config):
-        path = landing / f"transactions-{day.isoformat()}.jsonl"
-        body = "\n".join(lines) + "\n"
-        if not path.exists() or path.read_text() != body:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(body)
-            tmp.rename(path)  # atomic: a streaming reader never sees half a file
-        totals["files"] += 1
-        totals["valid_events"] += n_valid
-        totals["malformed_events"] += len(kinds)
-    return totals

@@ -10,12 +10,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+from workbook import services
 from workbook.config import Settings, get_settings
 
 MIN_JAVA = 17
 DELTA_PACKAGE = "io.delta:delta-spark_4.1_2.13:4.3.1"
 # Jars each profile needs from Maven Central; `make jars` fetches them ahead of time.
-PACKAGES = {"local": [DELTA_PACKAGE]}
+# hadoop-aws matches the Hadoop client bundled with pyspark; Kafka's connector matches Spark.
+PACKAGES = {
+    "local": [DELTA_PACKAGE],
+    "stack": [
+        DELTA_PACKAGE,
+        "org.apache.hadoop:hadoop-aws:3.4.2",
+        "org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1",
+        "org.postgresql:postgresql:42.7.8",
+    ],
+}
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
@@ -92,6 +102,36 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     }
 
 
+def s3a_conf(settings: Settings) -> dict[str, str]:
+    """S3A settings for any S3 server: path-style addressing, endpoint and keys from .env."""
+    access_key, secret_key = settings.s3_credentials
+    endpoint = settings.s3_endpoint
+    return {
+        "spark.hadoop.fs.s3a.endpoint": endpoint,
+        "spark.hadoop.fs.s3a.endpoint.region": "us-east-1",
+        "spark.hadoop.fs.s3a.path.style.access": "true",
+        "spark.hadoop.fs.s3a.connection.ssl.enabled": str(endpoint.startswith("https")).lower(),
+        "spark.hadoop.fs.s3a.access.key": access_key,
+        "spark.hadoop.fs.s3a.secret.key": secret_key,
+        "spark.hadoop.fs.s3a.aws.credentials.provider": (
+            "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+        ),
+    }
+
+
+def stack_conf(settings: Settings) -> dict[str, str]:
+    """What the stack profile adds: S3A, and a driver address the cluster can call back."""
+    for service in ("spark", "s3"):
+        services.require(service)
+    conf = {
+        **s3a_conf(settings),
+        "spark.executor.memory": settings.executor_memory,
+    }
+    if services.is_loopback("spark"):
+        conf["spark.driver.host"] = "127.0.0.1"
+    return conf
+
+
 def get_spark(app_name: str = "workbook", **overrides: str):
     """Get or create the session for the current profile; extra settings via ``overrides``."""
     from pyspark.sql import SparkSession
@@ -101,8 +141,11 @@ def get_spark(app_name: str = "workbook", **overrides: str):
         return active
     check_java()
     settings = get_settings()
+    conf = spark_conf(settings, app_name)
+    if settings.profile == "stack":
+        conf.update(stack_conf(settings))
     builder = SparkSession.builder
-    for key, value in {**spark_conf(settings, app_name), **overrides}.items():
+    for key, value in {**conf, **overrides}.items():
         builder = builder.config(key, value)
     with _jvm_output_to(settings.lakehouse / "_logs" / "spark.log"):
         spark = builder.getOrCreate()

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbook import ingest, names, simulator
+from workbook import ingest, names, simulator, sources
 from workbook.simulator import SimulationConfig
 
 SMALL = SimulationConfig(n_transactions=4000, days=4, n_accounts=120)
@@ -217,10 +217,10 @@ def test_land_files_is_idempotent(tmp_path):
     config = SimulationConfig(n_transactions=600, days=3, n_accounts=60)
     landing = tmp_path / "landing"
     expected = lines_by_day(config)
-    totals = simulator.land_files(config, landing)
+    totals = sources.land_files(config, landing)
     n_valid = len(simulator.simulate(config)[0])
     n_lines = sum(len(lines) for lines in expected.values())
-    assert totals == {"files": 3, "valid_events": n_valid, "malformed_events": n_lines - n_valid}
+    assert totals == {"days": 3, "valid_events": n_valid, "malformed_events": n_lines - n_valid}
     paths = sorted(landing.iterdir())
     assert [p.name for p in paths] == [
         "transactions-2025-01-01.jsonl",
@@ -231,14 +231,14 @@ def test_land_files_is_idempotent(tmp_path):
         assert path.read_text() == "\n".join(lines) + "\n"
 
     before = {p: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in paths}
-    assert simulator.land_files(config, landing) == totals
+    assert sources.land_files(config, landing) == totals
     after = {p: (p.stat().st_mtime_ns, p.stat().st_ino, p.read_bytes()) for p in paths}
     assert after == before
     assert sorted(landing.iterdir()) == paths
 
     # A damaged file is rewritten; the intact ones are left alone.
     paths[1].write_text("garbage\n")
-    simulator.land_files(config, landing)
+    sources.land_files(config, landing)
     assert paths[1].read_text() == "\n".join(expected[config.day(1)]) + "\n"
     assert paths[0].stat().st_mtime_ns == before[paths[0]][0]
     assert sorted(landing.iterdir()) == paths  # no temporary files left behind

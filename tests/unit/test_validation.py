@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from workbook import ingest, names, simulator
+from workbook import ingest, names, simulator, sources
 from workbook.simulator import SimulationConfig
 
 pytestmark = pytest.mark.spark
@@ -329,8 +329,8 @@ class Ingested:
         self.raw = str(root / "raw")
         self.quarantine = str(root / "quarantine")
 
-    def run(self, checkpoint: str, max_files_per_trigger: int = 10) -> None:
-        events = ingest.landed_files_stream(self.spark, self.landing, max_files_per_trigger)
+    def run(self, checkpoint: str, max_files_per_trigger: int | None = None) -> None:
+        events = sources.landed_files_stream(self.spark, self.landing, max_files_per_trigger)
         query = ingest.start_ingest(
             self.spark, events, self.raw, self.quarantine, str(self.root / checkpoint)
         )
@@ -359,7 +359,7 @@ def ingested(spark, tmp_path_factory):
     building on the last; replays work on copies of the tables.
     """
     run = Ingested(spark, tmp_path_factory.mktemp("e2e"))
-    run.landed = simulator.land_files(E2E, run.landing)
+    run.landed = sources.land_files(E2E, run.landing)
     run.run("checkpoint")
     return run
 
@@ -450,7 +450,7 @@ def test_new_day_is_ingested_on_top(ingested):
     """The landing zone grows by one day: only its events are added."""
     raw_before, quarantine_before = ingested.raw_rows(), ingested.quarantine_rows()
     next_day = E2E.following_days(1)
-    simulator.land_files(next_day, ingested.landing)
+    sources.land_files(next_day, ingested.landing)
     ingested.run("checkpoint")
     raw_after = ingested.raw_rows()
     added, _ = simulator.simulate(next_day)

@@ -1,0 +1,139 @@
+"""Where events come from: landed files on the local profile, the Kafka topic on the stack.
+
+These are the only edges of ingestion that differ between profiles; parsing, validation,
+quarantine and the raw table downstream of ``event_stream`` are one code path.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from functools import partial
+from pathlib import Path
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from tqdm import tqdm  # plain text bars: no widget dependency in headless kernels
+
+from workbook import lakehouse, names, services, simulator
+from workbook.config import get_settings
+
+
+def publish(spark: SparkSession, config: simulator.SimulationConfig) -> dict[str, int]:
+    """Send each simulated day's events to the profile's source; a day sent before is skipped.
+
+    Returns how many days, valid events and malformed events the simulation holds.
+    """
+    if get_settings().profile == "stack":
+        return _send_days(config, _kafka_sender(spark))
+    return land_files(config, lakehouse.location(names.LANDING_ZONE))
+
+
+def land_files(config: simulator.SimulationConfig, landing: str | Path) -> dict[str, int]:
+    """Land each day as a JSON-lines file in the folder ``landing``."""
+    return _send_days(config, partial(_land_file, Path(landing)))
+
+
+def _send_days(config: simulator.SimulationConfig, send) -> dict[str, int]:
+    totals = {"days": 0, "valid_events": 0, "malformed_events": 0}
+    with tqdm(total=config.days, desc="days published", unit="day", mininterval=1) as progress:
+        for day, lines, n_valid, kinds in simulator.event_lines(config):
+            send(day, lines)
+            totals["days"] += 1
+            totals["valid_events"] += n_valid
+            totals["malformed_events"] += len(kinds)
+            progress.update()
+    return totals
+
+
+def event_stream(spark: SparkSession, max_files_per_trigger: int | None = None) -> DataFrame:
+    """The events as a stream of text in a ``value`` column, read from the profile's source."""
+    if get_settings().profile == "stack":
+        return kafka_stream(spark)
+    return landed_files_stream(spark, lakehouse.location(names.LANDING_ZONE), max_files_per_trigger)
+
+
+def _land_file(landing: Path, day: date, lines: list[str]) -> None:
+    """Write one day as a JSON-lines file, atomically; rewriting the same day is a no-op."""
+    path = landing / f"transactions-{day.isoformat()}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = "\n".join(lines) + "\n"
+    if not path.exists() or path.read_text() != body:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(body)
+        tmp.rename(path)  # a streaming reader never sees half a file
+
+
+def landed_files_stream(
+    spark: SparkSession, landing: str, max_files_per_trigger: int | None = None
+) -> DataFrame:
+    """Landed JSON-lines files as a stream of text events, one per line."""
+    reader = spark.readStream.format("text").option("pathGlobFilter", "*.jsonl")
+    if max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+    return reader.load(landing)
+
+
+def _kafka_sender(spark: SparkSession):
+    """Produce a day's events to the topic, then mark the day as sent in the lakehouse.
+
+    The mark makes a rerun skip the day. Should a run stop between the broker's
+    acknowledgement and the mark, the rerun sends the day again and ingestion quarantines
+    the copies as duplicate transaction ids: nothing is lost, nothing lands twice in raw.
+    """
+    from confluent_kafka import Producer
+
+    services.require("kafka")
+    producer = Producer(
+        {
+            "bootstrap.servers": get_settings().kafka_bootstrap_servers,
+            "enable.idempotence": True,  # broker-side dedup of the producer's own retries
+            "linger.ms": 20,
+            "compression.type": "lz4",
+            "message.timeout.ms": 60_000,
+        }
+    )
+    marks = lakehouse.location(names.LANDING_ZONE)
+
+    def send(day: date, lines: list[str]) -> None:
+        mark = f"{marks}/{day.isoformat()}.published"
+        if lakehouse.exists(spark, mark):
+            return
+        failures: list[str] = []
+
+        def on_delivery(error, _message) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for line in lines:
+            while True:
+                try:
+                    producer.produce(
+                        names.TRANSACTIONS_TOPIC, line.encode(), on_delivery=on_delivery
+                    )
+                    break
+                except BufferError:  # the local queue is full: wait for acknowledgements
+                    producer.poll(0.5)
+            producer.poll(0)
+        unsent = producer.flush(60)
+        if unsent or failures:
+            raise services.SERVICES["kafka"].unavailable(
+                f"{unsent + len(failures)} events of {day} not acknowledged"
+                + (f": {failures[0]}" if failures else "")
+            )
+        lakehouse.write_text(spark, mark, json.dumps({"events": len(lines)}))
+
+    return send
+
+
+def kafka_stream(spark: SparkSession) -> DataFrame:
+    """The transactions topic from its first offset, as text events."""
+    services.require("kafka")
+    return (
+        spark.readStream.format("kafka")
+        .option("kafka.bootstrap.servers", get_settings().kafka_bootstrap_servers)
+        .option("subscribe", names.TRANSACTIONS_TOPIC)
+        .option("startingOffsets", "earliest")
+        .load()
+        .select(F.col("value").cast("string").alias("value"))
+    )

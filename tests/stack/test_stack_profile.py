@@ -1,0 +1,83 @@
+"""After the notebooks ran on the stack: where their data went, and where their jobs ran."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from datetime import datetime
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from workbook import lakehouse, names, services
+from workbook.config import get_settings
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from workbook.spark import get_spark
+
+    session = get_spark("stack-tests")
+    yield session
+    session.stop()
+
+
+def completed_apps() -> dict[str, list[dict]]:
+    host, _ = services.SERVICES["spark"].address()
+    port = os.environ.get("SPARK_MASTER_WEBUI_PORT", "8080")
+    with urllib.request.urlopen(f"http://{host}:{port}/json/", timeout=10) as response:
+        state = json.load(response)
+    apps: dict[str, list[dict]] = {}
+    for app in state["completedapps"] + state["activeapps"]:
+        apps.setdefault(app["name"], []).append(app)
+    return apps
+
+
+def ran_on_cluster(apps: list[dict], moment: datetime) -> bool:
+    """Whether one of the applications was running on the cluster at ``moment``."""
+    at = moment.timestamp() * 1000
+    return any(a["starttime"] <= at <= a["starttime"] + max(a["duration"], 0) for a in apps)
+
+
+def test_tables_are_in_the_buckets():
+    client = services.s3_client()
+    for bucket, name in (names.RAW_TABLE, names.FEATURES_TABLE, names.PREDICTIONS_TABLE):
+        logs = list(client.list_objects(bucket, prefix=f"{name}/_delta_log/", recursive=True))
+        assert logs, f"no Delta log under s3a://{bucket}/{name}"
+    model_bucket, model = names.MODEL
+    assert list(client.list_objects(model_bucket, prefix=f"{model}/", recursive=True))
+
+
+def test_features_and_training_ran_on_the_standalone_cluster(spark):
+    apps = completed_apps()
+    features = lakehouse.location(names.FEATURES_TABLE)
+    merges = spark.sql(f"DESCRIBE HISTORY delta.`{features}`").filter("operation = 'MERGE'")
+    first_merge = merges.orderBy("version").first()
+    assert first_merge is not None, "02_features wrote no MERGE"
+    assert ran_on_cluster(apps.get("02_features", []), first_merge["timestamp"]), apps.keys()
+
+    bucket, model = names.MODEL
+    saved = services.s3_client().stat_object(bucket, f"{model}/workbook_metadata.json")
+    assert ran_on_cluster(apps.get("03_train", []), saved.last_modified), apps.keys()
+
+
+def test_every_event_in_the_topic_landed_exactly_once(spark):
+    """Each Kafka message is either one raw row or one quarantine row, never both or none."""
+    consumer = Consumer(
+        {"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "stack-tests"}
+    )
+    topic = consumer.list_topics(names.TRANSACTIONS_TOPIC, timeout=10).topics[
+        names.TRANSACTIONS_TOPIC
+    ]
+    messages = 0
+    for partition in topic.partitions:
+        low, high = consumer.get_watermark_offsets(
+            TopicPartition(names.TRANSACTIONS_TOPIC, partition), timeout=10
+        )
+        messages += high - low
+    consumer.close()
+    raw = spark.read.format("delta").load(lakehouse.location(names.RAW_TABLE)).count()
+    quarantine = spark.read.format("delta").load(lakehouse.location(names.QUARANTINE_TABLE))
+    assert messages > 0
+    assert raw + quarantine.count() == messages
