@@ -36,7 +36,6 @@ class Settings:
     profile: str
     lakehouse: Path
     postgres_dir: Path
-    spark_master: str
     shuffle_partitions: int
     driver_memory: str
     executor_memory: str
@@ -48,6 +47,10 @@ class Settings:
         if self.profile == "stack":
             return f"s3a://{bucket}/{name}"
         return str(self.lakehouse / bucket / name)
+
+    @property
+    def spark_master(self) -> str:
+        return required("SPARK_MASTER_URL") if self.profile == "stack" else "local[*]"
 
     @property
     def s3_endpoint(self) -> str:
@@ -83,7 +86,6 @@ def get_settings() -> Settings:
         profile=profile,
         lakehouse=lakehouse,
         postgres_dir=Path(os.environ.get("WORKBOOK_POSTGRES_DIR", lakehouse / "_postgres")),
-        spark_master=required("SPARK_MASTER_URL") if profile == "stack" else "local[*]",
         shuffle_partitions=int(os.environ.get("WORKBOOK_SHUFFLE_PARTITIONS", "8")),
         driver_memory=os.environ.get("WORKBOOK_DRIVER_MEMORY", "2g"),
         executor_memory=os.environ.get("WORKBOOK_EXECUTOR_MEMORY", "2g"),

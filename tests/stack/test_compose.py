@@ -1,0 +1,434 @@
+"""The Compose stack agrees with .env.example and the library.
+
+No Docker engine is needed: a real Compose implementation (`docker compose` or Debian's
+`docker-compose`) validates the file and resolves it with `.env.example`, and the checks
+read that resolved configuration. Each check returns the problems it finds, so the
+negative tests can show that a wrong port, a literal secret or a floating tag is caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from workbook import names
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "docker-compose.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+DOCKERFILE = REPO / "stack" / "jupyter" / "Dockerfile"
+
+ONE_SHOT = {"minio-init", "kafka-init"}
+# Interpolation would let the caller's environment override the env file: keep it out.
+PASSED_ENV = ("PATH", "HOME", "DOCKER_CONFIG")
+SECRET_VARIABLE = re.compile(r"(PASSWORD|SECRET|TOKEN)")
+CREDENTIAL_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|_USER|^PGUSER)$")
+VARIABLE_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Z][A-Z0-9_]*):\?[^}]+\}$")
+# An exact release: a MAJOR.MINOR version or a MinIO RELEASE date, never a moving tag.
+PINNED_TAG = re.compile(r"(\d+\.\d+|RELEASE\.\d{4}-\d\d-\d\dT)")
+
+
+def read_env(path: Path) -> dict[str, str]:
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            env[key.strip()] = value.strip()
+    return env
+
+
+def compose_command() -> list[str]:
+    if shutil.which("docker"):
+        probe = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+        if probe.returncode == 0:
+            return ["docker", "compose"]
+    if shutil.which("docker-compose"):
+        return ["docker-compose"]
+    pytest.fail(
+        "Neither `docker compose` nor `docker-compose` is installed, so the Compose file "
+        "cannot be validated: apt-get install docker-compose (or Docker's compose plugin)."
+    )
+
+
+def run_config(compose_file: Path, env_file: Path) -> subprocess.CompletedProcess:
+    env = {key: os.environ[key] for key in PASSED_ENV if key in os.environ}
+    return subprocess.run(
+        [
+            *compose_command(),
+            "--file",
+            str(compose_file),
+            "--project-directory",
+            str(REPO),
+            "--env-file",
+            str(env_file),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
+
+
+def resolve(compose_file: Path = COMPOSE_FILE, env_file: Path = ENV_EXAMPLE) -> dict:
+    result = run_config(compose_file, env_file)
+    assert result.returncode == 0, f"compose config failed:\n{result.stderr.strip()}"
+    return yaml.safe_load(result.stdout)
+
+
+def port_of(address: str) -> int:
+    if "://" not in address:
+        address = f"tcp://{address}"
+    return urlsplit(address.split(",")[0]).port
+
+
+def published_ports(service: dict) -> list[tuple[str, int, int]]:
+    """(host address, host port, container port) of a resolved service, in either syntax."""
+    ports = []
+    for entry in service.get("ports", []):
+        if isinstance(entry, dict):  # Compose v2: long syntax
+            ports.append((entry.get("host_ip", ""), int(entry["published"]), int(entry["target"])))
+        else:  # docker-compose 1.x: "host_ip:published:target/protocol"
+            host_ip, published, target = str(entry).split("/")[0].rsplit(":", 2)
+            ports.append((host_ip, int(published), int(target)))
+    return ports
+
+
+def expected_ports(env: dict[str, str]) -> dict[tuple[str, int], int]:
+    """(service, container port) -> the host port that .env.example gives its clients."""
+    return {
+        ("minio", 9000): port_of(env["S3_ENDPOINT"]),
+        ("minio", 9001): int(env["MINIO_CONSOLE_PORT"]),
+        ("postgres", 5432): int(env["PGPORT"]),
+        ("kafka", 29092): port_of(env["KAFKA_BOOTSTRAP_SERVERS"]),
+        ("spark-master", 8080): int(env["SPARK_MASTER_WEBUI_PORT"]),
+        ("spark-worker", 8081): int(env["SPARK_WORKER_WEBUI_PORT"]),
+        ("jupyterlab", 8888): int(env["JUPYTER_PORT"]),
+        ("serving", 8000): int(env["SERVING_PORT"]),
+    }
+
+
+def environment(service: dict) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {key: "" if value is None else str(value) for key, value in env.items()}
+
+
+def command_text(service: dict) -> str:
+    command = service.get("command") or []
+    return command if isinstance(command, str) else " ".join(map(str, command))
+
+
+# Checks: each returns a list of problems, empty when the stack is right.
+
+
+def port_problems(config: dict, env: dict[str, str]) -> list[str]:
+    expected = expected_ports(env)
+    problems, seen = [], set()
+    for name, service in config["services"].items():
+        for host_ip, published, target in published_ports(service):
+            seen.add((name, target))
+            if host_ip != env["BIND_ADDRESS"]:
+                problems.append(f"{name}:{target} binds to {host_ip!r}, not BIND_ADDRESS")
+            if (name, target) not in expected:
+                problems.append(f"{name}:{target} is published but matches no .env.example port")
+            elif published != expected[(name, target)]:
+                problems.append(
+                    f"{name}:{target} is published on {published}, .env.example says "
+                    f"{expected[(name, target)]}"
+                )
+    problems += [f"{n}:{t} is not published" for n, t in expected if (n, t) not in seen]
+    return problems
+
+
+def credential_problems(raw: dict, env: dict[str, str]) -> list[str]:
+    """Credentials in the file as written: each one a ${VAR:?...} of .env.example."""
+    problems = []
+    for name, service in raw["services"].items():
+        for key, value in environment(service).items():
+            if not CREDENTIAL_KEY.search(key):
+                continue
+            match = VARIABLE_REFERENCE.match(value)
+            if not match:
+                problems.append(f"{name}: {key} is {value!r}, not a ${{VAR:?...}} reference")
+            elif match["name"] not in env:
+                problems.append(f"{name}: {key} refers to {match['name']}, not in .env.example")
+    return problems
+
+
+def literal_secret_problems(texts: dict[str, str], env: dict[str, str]) -> list[str]:
+    secrets = {k: v for k, v in env.items() if SECRET_VARIABLE.search(k) and v}
+    return [
+        f"{where} contains the value of {key}"
+        for where, text in texts.items()
+        for key, value in secrets.items()
+        if value in text
+    ]
+
+
+def image_problems(config: dict) -> list[str]:
+    problems = []
+    for name, service in config["services"].items():
+        image = service.get("image", "")
+        if "build" in service:
+            if image.endswith(":latest") or ":" not in image:
+                problems.append(f"{name}: the built image needs an explicit tag, not {image!r}")
+            continue
+        tag = image.rsplit(":", 1)[1] if ":" in image.split("/")[-1] else ""
+        if "bitnami" in image:
+            problems.append(f"{name}: {image!r} is a Bitnami image (legacy, unmaintained)")
+        elif not PINNED_TAG.search(tag):
+            problems.append(f"{name}: {image!r} is not pinned to a release")
+    return problems
+
+
+def bucket_problems(config: dict) -> list[str]:
+    script = command_text(config["services"]["minio-init"])
+    created = re.findall(r"mc mb --ignore-existing \S+/([a-z0-9.-]+)", script)
+    problems = []
+    if sorted(created) != sorted(names.BUCKETS):
+        problems.append(f"minio-init creates {sorted(created)}, workbook.names has {names.BUCKETS}")
+    if script.count("mc mb") != len(created):
+        problems.append("every `mc mb` needs --ignore-existing, so a restart succeeds")
+    return problems
+
+
+def topic_problems(config: dict) -> list[str]:
+    command = config["services"]["kafka-init"].get("command") or []
+    args = command.split() if isinstance(command, str) else [str(a) for a in command]
+    topic = args[args.index("--topic") + 1] if "--topic" in args else None
+    problems = []
+    if topic != names.TRANSACTIONS_TOPIC:
+        problems.append(f"kafka-init creates {topic!r}, not {names.TRANSACTIONS_TOPIC!r}")
+    if "--if-not-exists" not in args:
+        problems.append("kafka-init needs --if-not-exists, so a restart succeeds")
+    return problems
+
+
+def startup_problems(config: dict) -> list[str]:
+    services = config["services"]
+    problems = []
+    for name, service in services.items():
+        if name not in ONE_SHOT and not (service.get("healthcheck") or {}).get("test"):
+            problems.append(f"{name} has no healthcheck")
+        depends = service.get("depends_on") or {}
+        if isinstance(depends, list):
+            problems.append(f"{name}: depends_on without conditions")
+            continue
+        for dependency, spec in depends.items():
+            wanted = (
+                "service_completed_successfully" if dependency in ONE_SHOT else "service_healthy"
+            )
+            if (spec or {}).get("condition") != wanted:
+                problems.append(f"{name} must wait for {dependency} with {wanted}")
+    return problems
+
+
+# The stack as committed.
+
+
+@pytest.fixture(scope="module")
+def env() -> dict[str, str]:
+    return read_env(ENV_EXAMPLE)
+
+
+@pytest.fixture(scope="module")
+def config() -> dict:
+    return resolve()
+
+
+@pytest.fixture(scope="module")
+def raw() -> dict:
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def test_compose_file_is_valid(config):
+    assert {"minio", "postgres", "kafka", "spark-master", "spark-worker", "jupyterlab"} <= set(
+        config["services"]
+    )
+
+
+def test_no_version_key(raw):
+    assert "version" not in raw, "the Compose specification has no `version:` key"
+
+
+def test_missing_setting_fails_with_its_name(tmp_path):
+    env_file = tmp_path / "partial.env"
+    lines = ENV_EXAMPLE.read_text().splitlines()
+    env_file.write_text("\n".join(x for x in lines if not x.startswith("S3_SECRET_KEY=")))
+    result = run_config(COMPOSE_FILE, env_file)
+    assert result.returncode != 0
+    assert "set it in .env" in result.stderr
+
+
+def test_published_ports_match_env_example(config, env):
+    assert port_problems(config, env) == []
+
+
+def test_published_ports_follow_bind_address(tmp_path, env):
+    env_file = tmp_path / "elsewhere.env"
+    example = ENV_EXAMPLE.read_text()
+    text = re.sub(r"^BIND_ADDRESS=.*$", "BIND_ADDRESS=192.0.2.7", example, flags=re.M)
+    env_file.write_text(text)
+    services = resolve(env_file=env_file)["services"].values()
+    addresses = {ip for service in services for ip, *_ in published_ports(service)}
+    assert addresses == {"192.0.2.7"}
+
+
+def test_credentials_are_references_to_env_example(raw, env):
+    assert credential_problems(raw, env) == []
+
+
+def test_no_literal_secrets(env):
+    texts = {p.name: p.read_text() for p in (COMPOSE_FILE, DOCKERFILE)}
+    assert literal_secret_problems(texts, env) == []
+
+
+def test_each_service_gets_its_own_role(config, env):
+    services = {name: environment(service) for name, service in config["services"].items()}
+    assert services["minio"]["MINIO_ROOT_USER"] == env["S3_ACCESS_KEY"]
+    assert services["minio"]["MINIO_ROOT_PASSWORD"] == env["S3_SECRET_KEY"]
+    assert services["postgres"]["POSTGRES_DB"] == env["PGDATABASE"]
+    # Notebooks write features; the scoring service may only read them.
+    assert services["jupyterlab"]["PGUSER"] == env["FEATURES_WRITER_USER"]
+    assert services["serving"]["PGUSER"] == env["FEATURES_READER_USER"]
+    assert services["serving"]["PGPASSWORD"] == env["FEATURES_READER_PASSWORD"]
+    assert services["serving"]["FEATURES_READER_USER"] == env["FEATURES_READER_USER"]
+    assert not {"POSTGRES_PASSWORD", "FEATURES_WRITER_PASSWORD"} & set(services["serving"])
+    for name in ("jupyterlab", "serving"):
+        assert services[name]["WORKBOOK_PROFILE"] == "stack"
+        assert services[name]["PGHOST"] == "postgres"
+
+
+def test_containers_use_the_internal_addresses(config, env):
+    lab = environment(config["services"]["jupyterlab"])
+    assert lab["S3_ENDPOINT"] == "http://minio:9000"
+    assert lab["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert lab["SPARK_MASTER_URL"] == "spark://spark-master:7077"
+    kafka = environment(config["services"]["kafka"])
+    assert "INTERNAL://kafka:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"]
+    assert f"HOST://{env['KAFKA_BOOTSTRAP_SERVERS']}" in kafka["KAFKA_ADVERTISED_LISTENERS"]
+
+
+def test_buckets_match_the_library(config):
+    assert bucket_problems(config) == []
+
+
+def test_topic_matches_the_library(config):
+    assert topic_problems(config) == []
+
+
+def test_images_are_pinned(config):
+    assert image_problems(config) == []
+
+
+def test_jupyter_base_image_is_pinned():
+    bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE)
+    assert bases, "stack/jupyter/Dockerfile has no FROM"
+    for base in bases:
+        assert PINNED_TAG.search(base.rsplit(":", 1)[-1]), f"{base} is not pinned"
+
+
+def test_spark_images_match_pyspark(config):
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    pyspark = next(d for d in pyproject["project"]["dependencies"] if d.startswith("pyspark=="))
+    version = pyspark.split("==")[1]
+    for name in ("spark-master", "spark-worker"):
+        assert config["services"][name]["image"].startswith(f"apache/spark:{version}-"), name
+
+
+def test_services_start_in_order(config):
+    assert startup_problems(config) == []
+
+
+def test_serving_waits_for_its_stores_and_checks_health(config):
+    serving = config["services"]["serving"]
+    assert {"postgres", "minio-init"} <= set(serving["depends_on"])
+    assert "/health" in " ".join(serving["healthcheck"]["test"])
+
+
+# The Spark workers' image runs Python 3.10 while the driver runs 3.11 (see
+# docker-compose.yml): executors must never need a Python worker.
+PYTHON_ON_EXECUTORS = re.compile(
+    r"\b(?:pandas_udf|udf|udtf)\s*\(|@(?:pandas_udf|udf|udtf)\b"
+    r"|\.(?:mapInPandas|mapInArrow|applyInPandas|applyInArrow|foreachPartition)\s*\("
+    r"|\.rdd\.(?:map|flatMap|filter|foreach|mapPartitions|reduce|aggregate|fold|keyBy|groupBy)"
+)
+
+
+def test_no_python_code_runs_on_the_executors():
+    sources = {p: p.read_text() for p in (REPO / "lib").rglob("*.py")}
+    for notebook in (REPO / "notebooks").rglob("*.ipynb"):
+        cells = json.loads(notebook.read_text())["cells"]
+        code = [c["source"] for c in cells if c["cell_type"] == "code"]
+        sources[notebook] = "\n".join("".join(s) if isinstance(s, list) else s for s in code)
+    found = [
+        f"{path.relative_to(REPO)}: {match.group(0)}"
+        for path, text in sources.items()
+        for match in PYTHON_ON_EXECUTORS.finditer(text)
+    ]
+    assert found == [], (
+        "Python code on Spark executors needs the same Python minor on the workers as on "
+        "the driver; the stack's workers run 3.10 (see docker-compose.yml): " + "; ".join(found)
+    )
+
+
+# Each check catches what it guards: a broken copy of the file fails the check meant for it.
+
+CHECKS = {
+    "ports": lambda config, raw, env: port_problems(config, env),
+    "credentials": lambda config, raw, env: credential_problems(raw, env),
+    "images": lambda config, raw, env: image_problems(config),
+    "buckets": lambda config, raw, env: bucket_problems(config),
+    "topic": lambda config, raw, env: topic_problems(config),
+    "startup": lambda config, raw, env: startup_problems(config),
+}
+BROKEN = {  # case: (text in docker-compose.yml, replacement, the check that must fail)
+    "wrong port": (
+        '"${BIND_ADDRESS:-127.0.0.1}:9000:9000"',
+        '"${BIND_ADDRESS:-127.0.0.1}:9010:9000"',
+        "ports",
+    ),
+    "fixed address": (
+        '"${BIND_ADDRESS:-127.0.0.1}:${SERVING_PORT:?set it in .env}:8000"',
+        '"0.0.0.0:${SERVING_PORT:?set it in .env}:8000"',
+        "ports",
+    ),
+    "literal secret": ("${POSTGRES_PASSWORD:?set it in .env}", "not-from-env", "credentials"),
+    "default secret": (
+        "${S3_SECRET_KEY:?set it in .env}",
+        "${S3_SECRET_KEY:-fallback}",
+        "credentials",
+    ),
+    "floating tag": ("image: apache/kafka:4.1.1", "image: apache/kafka:latest", "images"),
+    "legacy image": (
+        "image: postgres:17.9-bookworm",
+        "image: bitnami/postgresql:17.9.0",
+        "images",
+    ),
+    "wrong bucket": ("workbook/models-bucket", "workbook/model-bucket", "buckets"),
+    "wrong topic": ("      - transactions\n", "      - transaction\n", "topic"),
+    "no health wait": ("condition: service_healthy", "condition: service_started", "startup"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BROKEN))
+def test_a_broken_copy_is_caught(case, tmp_path, env):
+    old, new, check = BROKEN[case]
+    text = COMPOSE_FILE.read_text()
+    assert old in text, f"the negative case {case!r} no longer applies to docker-compose.yml"
+    broken = tmp_path / "docker-compose.yml"
+    broken.write_text(text.replace(old, new, 1))
+    problems = CHECKS[check](resolve(broken), yaml.safe_load(broken.read_text()), env)
+    assert problems, f"{case}: the {check} check did not notice"
