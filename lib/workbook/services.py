@@ -126,3 +126,26 @@ def recreate_topic(partitions: int = 3, timeout: float = 30.0) -> None:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"could not recreate Kafka topic {topic}: {error}") from None
             time.sleep(0.5)
+
+
+def reset() -> None:
+    """Empty the stack for a fresh start: buckets, the topic and the online tables."""
+    from workbook import store
+
+    print(f"S3: {empty_buckets():,} objects deleted from the workbook's buckets")
+    recreate_topic()
+    print("Kafka: topic recreated empty")
+    conn = store.connect()
+    try:
+        store.drop_tables(conn)
+    finally:
+        conn.close()
+    print("PostgreSQL: online tables dropped")
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["reset"]:
+        sys.exit("usage: python -m workbook.services reset")
+    reset()

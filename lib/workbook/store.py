@@ -3,11 +3,16 @@
 Key: ``account_id`` alone, because the table holds *the latest* row per account (what a
 scoring service needs); the history stays in the offline Delta table. ``feature_date``
 says which day the row describes.
+
+Two roles: the writer materializes; the reader, which lookups and the scoring service use,
+can only SELECT.
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
 import time
 import warnings
 from contextlib import contextmanager
@@ -16,11 +21,21 @@ import numpy as np
 import pandas as pd
 import psycopg2
 from psycopg2 import sql
+from psycopg2.extensions import make_dsn, parse_dsn
 from psycopg2.pool import ThreadedConnectionPool
 
 from workbook import names
-from workbook.config import get_settings
+from workbook.config import get_settings, required
 from workbook.features import FEATURE_COLUMNS, FEATURES_SCHEMA
+
+WRITER, READER = "writer", "reader"
+# The stack's roles come from these variables (user, password); see .env.example.
+ROLE_VARIABLES = {
+    WRITER: ("FEATURES_WRITER_USER", "FEATURES_WRITER_PASSWORD"),
+    READER: ("FEATURES_READER_USER", "FEATURES_READER_PASSWORD"),
+}
+LOCAL_READER_ROLE = "feature_reader"
+SETUP_LOCK = 7_040_501  # any constant: the advisory lock that serializes create_tables
 
 TABLE = names.ONLINE_FEATURES_TABLE
 STAGING = f"{TABLE}_staging"
@@ -49,33 +64,88 @@ def _local_server():
         return pgserver.get_server(settings.postgres_dir, cleanup_mode="stop")
 
 
-def dsn() -> str:
-    """Where the store is: the embedded server locally; on the stack, libpq's PG* variables."""
-    return _local_server().get_uri() if get_settings().profile == "local" else ""
+def dsn(role: str = WRITER) -> str:
+    """How to connect as ``role``: "writer" materializes, "reader" only reads.
+
+    Locally the writer is the embedded server's superuser and the reader a role created
+    for it; on the stack both come from the environment (see .env.example).
+    """
+    if role not in ROLE_VARIABLES:
+        raise ValueError(f"role={role!r}; expected one of {', '.join(ROLE_VARIABLES)}")
+    if get_settings().profile == "local":
+        server = _local_server()
+        if role == WRITER:
+            return server.get_uri()
+        _prepare_local_reader(server)
+        return server.get_postmaster_info().get_uri(user=LOCAL_READER_ROLE, database="postgres")
+    user, password = ROLE_VARIABLES[role]
+    return make_dsn(
+        host=required("PGHOST"),
+        port=required("PGPORT"),
+        dbname=required("PGDATABASE"),
+        user=required(user),
+        password=required(password),
+    )
 
 
-def connect(conninfo: str | None = None):
-    conninfo = dsn() if conninfo is None else conninfo
+_prepared: set[str] = set()
+
+
+def _prepare_local_reader(server) -> None:
+    """Create the reader role and the tables it reads, once per process and server."""
+    key = str(server.pgdata)
+    if key not in _prepared:
+        conn = connect(WRITER)
+        try:
+            create_tables(conn)
+        finally:
+            conn.close()
+        _prepared.add(key)
+
+
+def connect(role: str = WRITER, conninfo: str | None = None):
+    """A new connection as ``role`` ("writer" or "reader"), or to ``conninfo`` if given."""
+    conninfo = dsn(role) if conninfo is None else conninfo
     try:
         return psycopg2.connect(conninfo, connect_timeout=5)
     except psycopg2.OperationalError as error:
-        raise StoreUnavailableError(_unavailable(error)) from None
+        raise StoreUnavailableError(_unavailable(error, conninfo)) from None
 
 
-def _unavailable(error: Exception) -> str:
+def _address(conninfo: str) -> str:
+    params = parse_dsn(conninfo)
+    host = params.get("host") or os.environ.get("PGHOST") or "the default socket"
+    where = f"socket {host}" if host.startswith("/") else f"{host}:{params.get('port') or 5432}"
+    return f"{where} as {params.get('user') or 'the default user'}"
+
+
+def _unavailable(error: Exception, conninfo: str) -> str:
     hint = (
-        "start it with `docker compose up -d postgres` and check PGHOST and PGPORT in .env"
+        "start it with `make stack-up` (native) or `docker compose up -d postgres`, and check "
+        "PGHOST and PGPORT in .env"
         if get_settings().profile == "stack"
         else "the embedded server starts by itself; run `make reset` if its data folder is damaged"
     )
-    return f"PostgreSQL (online feature store) is not reachable: {str(error).strip()}; {hint}."
+    return (
+        f"PostgreSQL (online feature store) is not reachable at {_address(conninfo)}: "
+        f"{str(error).strip()}; {hint}."
+    )
 
 
 def create_tables(conn) -> None:
+    """Create the online table (idempotently), as the writer.
+
+    Locally ``conn`` is the superuser's, and this also creates the read-only role and lets
+    it SELECT from the table; on the stack the roles and their grants are the database's
+    own setup (stack/postgres/init.sh).
+    """
     columns = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c), sql.SQL(t)) for c, t in _column_types().items()
     )
+    local = get_settings().profile == "local"
     with conn, conn.cursor() as cur:
+        # Serializes concurrent setups (a notebook and the service starting together).
+        cur.execute("SELECT pg_advisory_xact_lock(%s)", (SETUP_LOCK,))
         cur.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {t} ({cols}, "
@@ -87,18 +157,52 @@ def create_tables(conn) -> None:
                 s=sql.Identifier(STAGING), cols=columns
             )
         )
+        if local:
+            _create_local_reader(cur)
 
 
-def materialize(conn, latest: pd.DataFrame) -> dict[str, int]:
-    """Upsert the latest rows through a staging table in one transaction.
+def drop_tables(conn) -> None:
+    """Remove the online and staging tables (to start over); the roles stay."""
+    with conn, conn.cursor() as cur:
+        for table in (TABLE, STAGING):
+            cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(table)))
 
-    Unchanged rows are not touched, so a rerun reports zero inserted and zero updated, and a
-    reader sees either the old or the new row, never a half-written one.
+
+def _create_local_reader(cur) -> None:
+    """A login role with no password (the embedded server trusts its socket) that can only read.
+
+    Privileges are the boundary: it gets CONNECT, USAGE on the schema and SELECT on the online
+    table, nothing else. Read-only transactions by default add a second guard.
     """
-    frame = latest.rename(columns={names.TRANSACTION_DATE: DATE_COLUMN})[list(COLUMNS)]
-    buffer = io.StringIO()
-    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
-    buffer.seek(0)
+    role = sql.Identifier(LOCAL_READER_ROLE)
+    cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (LOCAL_READER_ROLE,))
+    if cur.fetchone() is None:
+        cur.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    cur.execute(sql.SQL("ALTER ROLE {} SET default_transaction_read_only = on").format(role))
+    cur.execute("SELECT current_database()")
+    database = sql.Identifier(cur.fetchone()[0])
+    cur.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    cur.execute(sql.SQL("REVOKE TEMPORARY ON DATABASE {} FROM PUBLIC").format(database))
+    cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database, role))
+    cur.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(role))
+    cur.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(TABLE), role))
+
+
+def materialize(conn, latest) -> dict[str, int]:
+    """Upsert each account's latest row through the staging table, in one transaction.
+
+    ``latest`` is a Spark DataFrame (or a pandas frame) of ``features.latest_per_account``.
+    On the stack Spark writes the staging table over JDBC; locally the rows are copied in
+    with COPY. Unchanged rows are not touched, so a rerun reports zero inserted and zero
+    updated, and a reader sees either the old or the new row, never a half-written one.
+    """
+    frame = None
+    if isinstance(latest, pd.DataFrame):
+        frame = latest
+    elif get_settings().profile == "local":
+        frame = latest.toPandas()
+    else:
+        staged = _stage_over_jdbc(latest)
     cols = sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
     updates = sql.SQL(", ").join(
         sql.SQL("{c} = EXCLUDED.{c}").format(c=sql.Identifier(c)) for c in COLUMNS[1:]
@@ -108,13 +212,8 @@ def materialize(conn, latest: pd.DataFrame) -> dict[str, int]:
         sql.SQL("EXCLUDED.{}").format(sql.Identifier(c)) for c in COLUMNS[1:]
     )
     with conn, conn.cursor() as cur:
-        cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGING)))
-        cur.copy_expert(
-            sql.SQL("COPY {s} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')")
-            .format(s=sql.Identifier(STAGING), cols=cols)
-            .as_string(cur),
-            buffer,
-        )
+        if frame is not None:
+            staged = _stage_with_copy(cur, frame)
         cur.execute(
             sql.SQL(
                 "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} "
@@ -136,8 +235,41 @@ def materialize(conn, latest: pd.DataFrame) -> dict[str, int]:
     return {
         "inserted": inserted,
         "updated": len(flags) - inserted,
-        "unchanged": len(frame) - len(flags),
+        "unchanged": staged - len(flags),
     }
+
+
+def _stage_with_copy(cur, latest: pd.DataFrame) -> int:
+    frame = latest.rename(columns={names.TRANSACTION_DATE: DATE_COLUMN})[list(COLUMNS)]
+    buffer = io.StringIO()
+    frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
+    buffer.seek(0)
+    cur.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(STAGING)))
+    cur.copy_expert(
+        sql.SQL("COPY {s} ({cols}) FROM STDIN WITH (FORMAT csv, NULL '\\N')")
+        .format(s=sql.Identifier(STAGING), cols=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)))
+        .as_string(cur),
+        buffer,
+    )
+    return len(frame)
+
+
+def _stage_over_jdbc(latest) -> int:
+    """Replace the staging table's rows with ``latest``, written by Spark's JDBC connector.
+
+    ``truncate`` keeps the table (and its UNLOGGED setting) instead of dropping it.
+    """
+    rows = latest.withColumnRenamed(names.TRANSACTION_DATE, DATE_COLUMN).select(*COLUMNS)
+    user, password = (required(v) for v in ROLE_VARIABLES[WRITER])
+    url = f"jdbc:postgresql://{required('PGHOST')}:{required('PGPORT')}/{required('PGDATABASE')}"
+    (
+        rows.write.format("jdbc")
+        .mode("overwrite")
+        .options(url=url, dbtable=STAGING, user=user, password=password, truncate="true")
+        .option("driver", "org.postgresql.Driver")
+        .save()
+    )
+    return rows.count()
 
 
 def read_all(conn) -> pd.DataFrame:
@@ -167,25 +299,47 @@ class FeatureStore:
     )
 
     def __init__(
-        self, conninfo: str | None = None, min_connections: int = 1, max_connections: int = 8
+        self,
+        role: str = READER,
+        conninfo: str | None = None,
+        min_connections: int = 1,
+        max_connections: int = 8,
     ):
-        conninfo = dsn() if conninfo is None else conninfo
+        conninfo = dsn(role) if conninfo is None else conninfo
         try:
             self._pool = ThreadedConnectionPool(
                 min_connections, max_connections, conninfo, connect_timeout=5
             )
         except psycopg2.OperationalError as error:
-            raise StoreUnavailableError(_unavailable(error)) from None
+            raise StoreUnavailableError(_unavailable(error, conninfo)) from None
+        self._conninfo = conninfo
+        # The pool raises instead of waiting when every connection is out; callers wait here.
+        self._slots = threading.BoundedSemaphore(max_connections)
 
     @contextmanager
     def _cursor(self):
-        conn = self._pool.getconn()
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                yield cur
-        finally:
-            self._pool.putconn(conn)
+        with self._slots:
+            try:
+                conn = self._pool.getconn()
+            except psycopg2.OperationalError as error:
+                raise StoreUnavailableError(_unavailable(error, self._conninfo)) from None
+            broken = False
+            try:
+                conn.autocommit = True
+                with conn.cursor() as cur:
+                    yield cur
+            except (psycopg2.OperationalError, psycopg2.InterfaceError) as error:
+                # The server went away (restart, network): drop this connection, report it.
+                broken = True
+                raise StoreUnavailableError(_unavailable(error, self._conninfo)) from None
+            finally:
+                self._pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def ping(self) -> None:
+        """Raise StoreUnavailableError unless PostgreSQL answers a trivial query."""
+        with self._cursor() as cur:
+            cur.execute("SELECT 1")
+            cur.fetchone()
 
     def get_features(self, account_id: str) -> dict | None:
         """The account's latest features, or None for an unknown account."""

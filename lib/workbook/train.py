@@ -14,7 +14,7 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from workbook import lakehouse, metrics, names
+from workbook import lakehouse, metrics, names, scoring
 from workbook.features import CATEGORICAL_INPUTS, NUMERIC_INPUTS, transaction_features
 
 SCORE = "prediction_score"
@@ -112,11 +112,17 @@ def set_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
 
 
 def save_model(spark, model: PipelineModel, path: str, metadata: dict) -> None:
-    """Save, overwriting any earlier model, with a file that says what it was trained on."""
+    """Save, overwriting any earlier model, with a file that says what it was trained on.
+
+    Beside them goes the model exported for scoring without Spark (``scoring.ARTIFACT_FILE``),
+    so the serving path always scores with the pipeline saved here.
+    """
+    exported = scoring.export_json(model, metadata)  # first: an unexportable model saves nothing
     model.write().overwrite().save(path)
     lakehouse.write_text(
         spark, f"{path}/{METADATA_FILE}", json.dumps(metadata, indent=2, default=str)
     )
+    lakehouse.write_text(spark, scoring.artifact_location(path), exported)
 
 
 def load_model(spark, path: str) -> tuple[PipelineModel, dict]:

@@ -1,11 +1,14 @@
 """The online store against a real (embedded) PostgreSQL."""
 
 import datetime as dt
+from concurrent.futures import ThreadPoolExecutor
 
 import pandas as pd
+import psycopg2.errors
 import pytest
+from psycopg2.extensions import parse_dsn
 
-from workbook import names, store
+from workbook import config, names, store
 from workbook.features import FEATURE_COLUMNS
 
 pytestmark = pytest.mark.postgres
@@ -84,6 +87,117 @@ def test_lookup_is_parameterized(conn, hostile):
     assert len(store.read_all(conn)) == 5
 
 
-def test_unreachable_store_names_itself():
-    with pytest.raises(store.StoreUnavailableError, match="PostgreSQL .*not reachable"):
-        store.connect("host=127.0.0.1 port=1 dbname=none user=none")
+def test_unreachable_store_names_itself_and_the_address():
+    with pytest.raises(
+        store.StoreUnavailableError, match="PostgreSQL .*not reachable at 127.0.0.1:1"
+    ):
+        store.connect(conninfo="host=127.0.0.1 port=1 dbname=none user=none")
+
+
+def test_unreachable_stack_store_says_how_to_start_it(stack_env):
+    with pytest.raises(store.StoreUnavailableError) as raised:
+        store.FeatureStore(conninfo="host=127.0.0.1 port=1 dbname=none user=none")
+    assert "make stack-up" in str(raised.value)
+    assert "docker compose up -d postgres" in str(raised.value)
+
+
+# -- roles -------------------------------------------------------------------------------------
+
+STACK_ENV = {
+    "PGHOST": "db.example",
+    "PGPORT": "5433",
+    "PGDATABASE": "features",
+    "FEATURES_WRITER_USER": "writer_user",
+    "FEATURES_WRITER_PASSWORD": "writer secret",
+    "FEATURES_READER_USER": "reader_user",
+    "FEATURES_READER_PASSWORD": "reader-secret",
+}
+
+
+@pytest.fixture()
+def stack_env(monkeypatch):
+    """The stack profile with its variables set here only (no .env file is read)."""
+    monkeypatch.setattr(config, "load_dotenv", lambda *args, **kwargs: None)
+    monkeypatch.setenv("WORKBOOK_PROFILE", "stack")
+    monkeypatch.setenv("SPARK_MASTER_URL", "spark://127.0.0.1:7077")
+    for key, value in STACK_ENV.items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
+def test_stack_roles_come_from_the_environment(stack_env):
+    reader = parse_dsn(store.dsn("reader"))
+    writer = parse_dsn(store.dsn("writer"))
+    assert (reader["host"], reader["port"], reader["dbname"]) == ("db.example", "5433", "features")
+    assert (reader["user"], reader["password"]) == ("reader_user", "reader-secret")
+    assert (writer["user"], writer["password"]) == ("writer_user", "writer secret")
+    with pytest.raises(ValueError, match="role="):
+        store.dsn("admin")
+
+
+@pytest.mark.parametrize("missing", sorted(STACK_ENV))
+def test_a_missing_stack_variable_is_named(stack_env, missing):
+    stack_env.delenv(missing)
+    role = "writer" if "WRITER" in missing else "reader"
+    with pytest.raises(config.MissingSettingError, match=f"{missing} is not set.*\\.env\\.example"):
+        store.dsn(role)
+
+
+@pytest.fixture()
+def reader(conn):
+    store.materialize(conn, latest_rows())
+    connection = store.connect("reader")
+    connection.autocommit = True
+    yield connection
+    connection.close()
+
+
+def test_reader_can_read(reader):
+    with reader.cursor() as cur:
+        cur.execute("SELECT current_user, count(*) FROM daily_account_features")
+        assert cur.fetchone() == (store.LOCAL_READER_ROLE, 5)
+
+
+WRITES = [
+    "INSERT INTO daily_account_features (account_id, feature_date) VALUES ('X', '2025-01-01')",
+    "UPDATE daily_account_features SET txn_count_7d = 0",
+    "DELETE FROM daily_account_features",
+    "TRUNCATE daily_account_features",
+    "INSERT INTO daily_account_features_staging (account_id) VALUES ('X')",
+    "CREATE TABLE reader_owned (x int)",
+    "CREATE TEMP TABLE reader_scratch (x int)",
+    "DROP TABLE daily_account_features",
+    "ALTER TABLE daily_account_features ADD COLUMN x int",
+    "CREATE ROLE sneaky",
+]
+
+
+@pytest.mark.parametrize("statement", WRITES, ids=lambda s: " ".join(s.split()[:2]))
+def test_reader_cannot_write(conn, reader, statement):
+    for read_write in (False, True):
+        with reader.cursor() as cur:
+            if read_write:  # the read-only default is a session setting it may switch off...
+                cur.execute("SET default_transaction_read_only = off")
+            with pytest.raises(
+                (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.ReadOnlySqlTransaction)
+            ) as refused:
+                cur.execute(statement)
+        if read_write:  # ...but privileges still refuse
+            assert isinstance(refused.value, psycopg2.errors.InsufficientPrivilege)
+    assert len(store.read_all(conn)) == 5
+
+
+def test_reader_role_setup_is_idempotent(conn):
+    store.create_tables(conn)
+    store.create_tables(conn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM pg_roles WHERE rolname = %s", (store.LOCAL_READER_ROLE,))
+        assert cur.fetchone() == (1,)
+    conn.rollback()
+
+
+def test_lookups_wait_for_a_free_connection(conn):
+    store.materialize(conn, latest_rows())
+    with store.FeatureStore(max_connections=2) as online, ThreadPoolExecutor(16) as pool:
+        found = list(pool.map(online.get_features, ["ACC000001"] * 200))
+    assert all(row[names.ACCOUNT_ID] == "ACC000001" for row in found)

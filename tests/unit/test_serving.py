@@ -1,0 +1,350 @@
+"""The scoring service against a real (embedded) PostgreSQL with materialized rows."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import warnings
+from datetime import UTC, date, datetime, timedelta
+from urllib.parse import quote
+
+import numpy as np
+import pandas as pd
+import pytest
+from psycopg2.extensions import parse_dsn
+
+from workbook import names, scoring, serving, simulator, store
+from workbook.config import get_settings
+from workbook.features import FEATURE_COLUMNS, NUMERIC_INPUTS
+
+with warnings.catch_warnings():
+    # Starlette's test client now prefers the httpx2 fork and warns on httpx, which works.
+    warnings.simplefilter("ignore", UserWarning)
+    from fastapi.testclient import TestClient
+
+pytestmark = pytest.mark.postgres
+
+FEATURE_DAY = date(2025, 1, 30)
+ACCOUNTS = [f"ACC{i:06d}" for i in range(5)]
+UNKNOWN = "ACC999999"
+
+
+def latest_rows() -> pd.DataFrame:
+    rows = []
+    for i, account in enumerate(ACCOUNTS):
+        row = {
+            c: (i + 1) if "count" in c or "distinct" in c else 10.0 * (i + 1)
+            for c in FEATURE_COLUMNS
+        }
+        row["daily_average_amount"] = None if i == 0 else row["daily_average_amount"]
+        rows.append({names.ACCOUNT_ID: account, names.TRANSACTION_DATE: FEATURE_DAY, **row})
+    return pd.DataFrame(rows)
+
+
+def artifact() -> dict:
+    """A model in the exported format: amounts, night and risky categories raise the score."""
+    categories = sorted(simulator.CATEGORIES)
+    types = sorted(simulator.TRANSACTION_TYPES)
+    # One-hot widths under handleInvalid="keep" and dropLast: one slot per label plus one.
+    width = len(NUMERIC_INPUTS) + len(categories) + 1 + len(types) + 1
+    weights = {"amount_log": 0.9, "amount_vs_30d_avg": 1.2, "is_night": 1.5, "txn_count_7d": -0.1}
+    params = {
+        "format": scoring.ARTIFACT_FORMAT,
+        "indexers": [
+            {"input": c, "output": f"{c}_index", "labels": labels, "handle_invalid": "keep"}
+            for c, labels in ((names.CATEGORY, categories), (names.TRANSACTION_TYPE, types))
+        ],
+        "encoders": [
+            {
+                "input": f"{c}_index",
+                "output": f"{c}_onehot",
+                "category_size": len(labels) + 1,
+                "drop_last": True,
+                "handle_invalid": "keep",
+            }
+            for c, labels in ((names.CATEGORY, categories), (names.TRANSACTION_TYPE, types))
+        ],
+        "assembler": {
+            "inputs": [*NUMERIC_INPUTS, "category_onehot", "transaction_type_onehot"],
+            "handle_invalid": "error",
+        },
+        "scaler": {
+            "with_mean": True,
+            "with_std": True,
+            "mean": [3.0] + [0.0] * (width - 1),
+            # The indexers' extra slot for unseen values was empty in training: std 0.
+            "std": [1.0] * (width - 1) + [0.0],
+        },
+        "logistic_regression": {
+            "coefficients": [weights.get(c, 0.0) for c in NUMERIC_INPUTS]
+            + [1.0 if c in simulator.RISKY_CATEGORIES else 0.0 for c in [*categories, "?"]]
+            + [0.5 if t == "online" else 0.0 for t in [*types, "?"]],
+            "intercept": -3.0,
+        },
+        "threshold": 0.5,
+    }
+    return {"model_version": scoring._version(params), **params, "metadata": {}}
+
+
+@pytest.fixture(scope="module")
+def materialized():
+    conn = store.connect()
+    store.create_tables(conn)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"TRUNCATE {store.TABLE}")
+    store.materialize(conn, latest_rows())
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / scoring.ARTIFACT_FILE
+    path.write_text(json.dumps(artifact()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def client(materialized, model_file):
+    with TestClient(serving.create_app(str(model_file))) as test_client:
+        yield test_client
+
+
+def transaction(**changes) -> dict:
+    event = {
+        "transaction_id": "TX-1",
+        "timestamp": "2025-01-31T02:15:00Z",
+        "account_id": "ACC000003",
+        "amount": 950.0,
+        "currency": "EUR",
+        "transaction_type": "online",
+        "merchant_id": "M000123",
+        "category": "electronics",
+    }
+    return {**event, **changes}
+
+
+def online_row(account: str) -> dict:
+    with store.FeatureStore() as online:
+        return online.get_features(account)
+
+
+# -- health, schema, roles ---------------------------------------------------------------------
+
+
+def test_health(client):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "postgres": "ok",
+        "model_version": artifact()["model_version"],
+    }
+
+
+def test_openapi_schema_documents_the_endpoints(client):
+    schema = client.get("/openapi.json").json()
+    assert {"/health", "/features/{account_id}", "/score"} <= set(schema["paths"])
+    parameter = schema["paths"]["/features/{account_id}"]["get"]["parameters"][0]
+    assert parameter["schema"]["pattern"] == serving.ACCOUNT_ID_PATTERN
+    assert "Transaction" in schema["components"]["schemas"]
+
+
+def test_handlers_are_plain_functions_run_in_the_threadpool(client):
+    routes = [r for r in client.app.routes if getattr(r, "path", "") in ("/health", "/score")]
+    routes += [r for r in client.app.routes if getattr(r, "path", "").startswith("/features")]
+    assert len(routes) == 3
+    assert not any(inspect.iscoroutinefunction(r.endpoint) for r in routes)
+
+
+def test_service_connects_as_the_read_only_role(client):
+    online = client.app.state.service.store()
+    assert parse_dsn(online._conninfo)["user"] == store.LOCAL_READER_ROLE
+    with online._cursor() as cur:
+        cur.execute("SELECT current_user, current_setting('default_transaction_read_only')")
+        assert cur.fetchone() == (store.LOCAL_READER_ROLE, "on")
+
+
+# -- /features ---------------------------------------------------------------------------------
+
+
+def test_features_of_a_known_account(client):
+    response = client.get("/features/ACC000003")
+    assert response.status_code == 200
+    body = response.json()
+    assert body[names.ACCOUNT_ID] == "ACC000003"
+    assert body[store.DATE_COLUMN] == FEATURE_DAY.isoformat()
+    assert body["txn_count_7d"] == 4
+    assert body["amount_avg_30d"] == 40.0
+    assert client.get("/features/ACC000000").json()["daily_average_amount"] is None
+
+
+def test_features_of_an_unknown_account(client):
+    response = client.get(f"/features/{UNKNOWN}")
+    assert response.status_code == 404
+    assert UNKNOWN in response.json()["detail"]
+
+
+@pytest.mark.parametrize("account", ["acc000001", "ACC1", "ACC000001x", "ACC0000000001", "42"])
+def test_malformed_account_id(client, account):
+    assert client.get(f"/features/{account}").status_code == 422
+
+
+HOSTILE = [
+    "' OR '1'='1",
+    "ACC000001'; DROP TABLE daily_account_features; --",
+    'ACC000001" --',
+    "ACC000001\x00",
+    "ACC000001%",
+    "../../etc/passwd",
+    "ACC000001 OR 1=1",
+]
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_injection_like_ids_are_refused_harmlessly(client, materialized, hostile):
+    response = client.get(f"/features/{quote(hostile, safe='')}")
+    assert response.status_code in (404, 422)
+    scored = client.post("/score", json=transaction(account_id=hostile))
+    assert scored.status_code == 422
+    assert len(store.read_all(materialized)) == len(ACCOUNTS)
+    assert client.get("/features/ACC000001").status_code == 200
+
+
+# -- /score ------------------------------------------------------------------------------------
+
+
+def test_score_of_a_known_account_uses_its_previous_day(client, model_file):
+    event = transaction()
+    response = client.post("/score", json=event)
+    assert response.status_code == 200
+    body = response.json()
+    model = scoring.ScoringModel.load(str(model_file))
+    expected = scoring.score_transaction(model, event, online_row("ACC000003"))
+    assert body["history"] == scoring.PREVIOUS_DAY
+    assert body["features_date"] == FEATURE_DAY.isoformat()
+    assert body["note"] is None
+    assert math.isclose(body["fraud_probability"], expected["fraud_probability"], abs_tol=1e-12)
+    assert body["is_fraud"] == (body["fraud_probability"] >= body["threshold"])
+    assert body["threshold"] == 0.5
+    assert body["model_version"] == model.version
+    assert body["transaction_id"] == "TX-1"
+    assert body["inputs"] == pytest.approx(expected["inputs"])
+    assert body["inputs"]["txn_count_7d"] == 4.0  # from the online row
+
+
+def test_score_of_an_unknown_account_uses_neutral_defaults(client):
+    event = transaction(account_id=UNKNOWN)
+    body = client.post("/score", json=event).json()
+    assert body["history"] == scoring.UNKNOWN_ACCOUNT
+    assert body["features_date"] is None
+    assert "neutral defaults" in body["note"]
+    assert body["inputs"] == pytest.approx(scoring.transaction_inputs(event, None))
+
+
+def test_score_with_stale_features_uses_neutral_defaults(client):
+    event = transaction(timestamp="2025-02-04T12:00:00Z")
+    body = client.post("/score", json=event).json()
+    assert body["history"] == scoring.STALE
+    assert body["inputs"] == pytest.approx(scoring.transaction_inputs(event, None))
+
+
+def test_score_refuses_features_from_the_transactions_own_day(client):
+    response = client.post("/score", json=transaction(timestamp="2025-01-30T23:00:00Z"))
+    assert response.status_code == 409
+    assert "batch" in response.json()["detail"]
+
+
+def test_unseen_category_scores_like_a_missing_one(client):
+    unseen = client.post("/score", json=transaction(category="teleportation")).json()
+    missing = client.post("/score", json=transaction(category=None)).json()
+    assert unseen["fraud_probability"] == missing["fraud_probability"]
+
+
+FUTURE = (datetime.now(UTC) + timedelta(days=2)).isoformat()
+BAD = {
+    "negative amount": {"amount": -5.0},
+    "zero amount": {"amount": 0},
+    "amount as text": {"amount": "12.5"},
+    "amount too large": {"amount": 2e6},
+    "unknown currency": {"currency": "XYZ"},
+    "no time zone": {"timestamp": "2025-01-31T02:15:00"},
+    "not a time": {"timestamp": "yesterday"},
+    "future": {"timestamp": FUTURE},
+    "malformed account": {"account_id": "ACC12"},
+    "account as number": {"account_id": 42},
+    "empty id": {"transaction_id": ""},
+    "unknown field": {"is_fraud": 1},
+    "huge category": {"category": "x" * 1000},
+}
+
+
+@pytest.mark.parametrize("changes", BAD.values(), ids=BAD.keys())
+def test_score_refuses_bad_input(client, changes):
+    response = client.post("/score", json=transaction(**changes))
+    assert response.status_code == 422, response.text
+
+
+@pytest.mark.parametrize("missing", ["transaction_id", "timestamp", "account_id", "amount"])
+def test_score_refuses_a_missing_field(client, missing):
+    event = transaction()
+    del event[missing]
+    assert client.post("/score", json=event).status_code == 422
+
+
+@pytest.mark.parametrize("body", ["not json", '{"amount": NaN}', "[]", ""])
+def test_score_refuses_a_body_that_is_not_a_transaction(client, body):
+    response = client.post("/score", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_score_refuses_non_finite_amounts(client):
+    body = json.dumps(transaction(amount=float("nan")))  # Python writes the NaN token
+    response = client.post("/score", content=body, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422
+
+
+# -- when something is missing ------------------------------------------------------------------
+
+
+def test_postgres_down_gives_503_naming_it(model_file):
+    down = "host=127.0.0.1 port=1 dbname=none user=none connect_timeout=1"
+    with TestClient(serving.create_app(str(model_file), conninfo=down)) as test_client:
+        health = test_client.get("/health")
+        assert health.status_code == 503
+        assert "PostgreSQL" in health.json()["detail"]
+        assert "127.0.0.1:1" in health.json()["detail"]
+        assert test_client.get("/features/ACC000001").status_code == 503
+        assert test_client.post("/score", json=transaction()).status_code == 503
+
+
+def test_no_model_gives_503_naming_the_training_notebook(materialized, tmp_path):
+    with TestClient(serving.create_app(str(tmp_path / "missing.json"))) as test_client:
+        response = test_client.post("/score", json=transaction())
+        assert response.status_code == 503
+        assert "03_train" in response.json()["detail"]
+        assert test_client.get("/features/ACC000001").status_code == 200
+        assert "unavailable" in test_client.get("/health").json()["model_version"]
+
+
+# -- the service in its own process ------------------------------------------------------------
+
+
+def test_service_process_and_latency_helpers(materialized, model_file):
+    with serving.start_service(model_location=str(model_file)) as running:
+        assert running.process.poll() is None
+        lookups = serving.http_latencies_ms(running.url, [*ACCOUNTS, UNKNOWN], n=30)
+        events = [transaction(account_id=a, transaction_id=f"TX-{a}") for a in ACCOUNTS]
+        scores = serving.http_score_latencies_ms(running.url, events, n=30)
+    # A clean exit releases its handle on the embedded server, which can then stop with us.
+    assert running.process.returncode == 0
+    handles = json.loads((get_settings().postgres_dir / ".handle_pids.json").read_text())
+    assert running.process.pid not in handles
+    assert lookups.shape == scores.shape == (30,)
+    assert (lookups > 0).all() and (scores > 0).all()
+
+    model = scoring.ScoringModel.load(str(model_file))
+    with store.FeatureStore() as online:
+        in_process = serving.score_latencies_ms(online, model, events, n=30)
+    assert np.isfinite(in_process).all()
