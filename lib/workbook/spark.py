@@ -127,8 +127,8 @@ def stack_conf(settings: Settings) -> dict[str, str]:
         **s3a_conf(settings),
         "spark.executor.memory": settings.executor_memory,
     }
-    if services.is_loopback("spark"):
-        conf["spark.driver.host"] = "127.0.0.1"
+    if services.is_loopback("spark"):  # else the host name may resolve to a non-loopback address
+        conf["spark.driver.host"] = conf["spark.driver.bindAddress"] = "127.0.0.1"
     return conf
 
 
