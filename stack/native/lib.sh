@@ -2,7 +2,7 @@
 # shellcheck shell=bash disable=SC2034  # the variables are used by up.sh and down.sh
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-STACK="$ROOT/.stack"
+STACK="${STACK_DIR:-$ROOT/.stack}"  # a second stack (other ports in the environment) may live elsewhere
 JARS="$STACK/jars"
 DATA="$STACK/data"
 LOGS="$STACK/logs"

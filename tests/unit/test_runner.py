@@ -58,3 +58,19 @@ def test_a_successful_run_writes_the_summary(tmp_path, monkeypatch):
     assert set(summary["wall_seconds"]) == {"only", "total"}
     assert summary["peak_rss_mb"] > 0
     assert (tmp_path / "runs" / "latest" / "html" / "only.html").exists()
+
+
+def test_notebooks_share_one_kernel_unless_asked_otherwise(tmp_path, monkeypatch):
+    for name in ("first", "second"):
+        record_pid = f"import os\nopen({str(tmp_path / name)!r}, 'w').write(str(os.getpid()))"
+        write_notebook(tmp_path / f"{name}.ipynb", record_pid)
+    monkeypatch.setenv(run.REPORT_ENV, "")  # main() sets it; restored after the test
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(run, "NOTEBOOKS", ("first", "second"))
+
+    def kernel_pids(*flags):
+        assert run.main(["--runs-dir", str(tmp_path / "runs"), *flags]) == 0
+        return {(tmp_path / name).read_text() for name in ("first", "second")}
+
+    assert len(kernel_pids()) == 1
+    assert len(kernel_pids("--kernel-per-notebook")) == 2
