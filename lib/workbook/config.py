@@ -67,6 +67,7 @@ class Settings:
 
 def required(name: str) -> str:
     """A stack setting from the environment; its absence is named, with where to set it."""
+    load_dotenv()
     value = os.environ.get(name)
     if not value:
         raise MissingSettingError(

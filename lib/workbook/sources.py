@@ -7,6 +7,7 @@ quarantine and the raw table downstream of ``event_stream`` are one code path.
 from __future__ import annotations
 
 import json
+import logging
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -91,6 +92,9 @@ def _kafka_sender(spark: SparkSession):
             "linger.ms": 20,
             "compression.type": "lz4",
             "message.timeout.ms": 60_000,
+            # librdkafka's own notices (e.g. a broker still starting) go to a log file, not
+            # to the notebook; delivery failures are raised below.
+            "logger": client_log("kafka-producer"),
         }
     )
     marks = lakehouse.location(names.LANDING_ZONE)
@@ -124,6 +128,17 @@ def _kafka_sender(spark: SparkSession):
         lakehouse.write_text(spark, mark, json.dumps({"events": len(lines)}))
 
     return send
+
+
+def client_log(name: str) -> logging.Logger:
+    """A Kafka client's own log, kept in the lakehouse's log folder."""
+    logger = logging.getLogger(f"workbook.{name}")
+    if not logger.handlers:
+        path = get_settings().lakehouse / "_logs" / f"{name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        logger.addHandler(logging.FileHandler(path))
+        logger.propagate = False
+    return logger
 
 
 def kafka_stream(spark: SparkSession) -> DataFrame:
