@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 ARGS ?=
 
 .PHONY: setup run test test-unit test-notebooks jars lab lint format reset clean refresh-outputs \
-	stack-up stack-down stack-reset test-stack
+	stack-up stack-down stack-reset test-stack bench
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -44,6 +44,9 @@ test-stack: setup stack-reset  ## the stack suite, against running services (mak
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -q
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
 
+bench: setup  ## benchmarks -> benchmarks/results/latest.json and plots (ARGS="--quick" to smoke-test)
+	$(BIN)/python -m benchmarks.run $(ARGS)
+
 jars: setup  ## fetch the Spark packages into the local Ivy cache, to work offline afterwards
 	$(BIN)/python -m workbook.spark
 
@@ -51,12 +54,12 @@ lab: setup  ## open the notebooks in JupyterLab
 	$(BIN)/jupyter lab notebooks
 
 lint: setup
-	$(BIN)/ruff check lib tests notebooks conftest.py
-	$(BIN)/ruff format --check lib tests notebooks conftest.py
+	$(BIN)/ruff check lib tests notebooks benchmarks conftest.py
+	$(BIN)/ruff format --check lib tests notebooks benchmarks conftest.py
 
 format: setup
-	$(BIN)/ruff check --fix lib tests notebooks conftest.py
-	$(BIN)/ruff format lib tests notebooks conftest.py
+	$(BIN)/ruff check --fix lib tests notebooks benchmarks conftest.py
+	$(BIN)/ruff format lib tests notebooks benchmarks conftest.py
 
 reset:  ## delete the local lakehouse (tables, checkpoints, landed events) and the local database
 	rm -rf lakehouse
