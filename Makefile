@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 ARGS ?=
 
 .PHONY: setup run test test-unit test-notebooks jars lab lint format reset clean refresh-outputs \
-	stack-up stack-down stack-reset test-stack bench
+	stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -43,6 +43,9 @@ test-stack: setup stack-reset  ## the stack suite, against running services (mak
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest --nbval notebooks \
 		--nbval-sanitize-with tests/nbval_sanitize.cfg -q
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
+
+test-reliability: setup  ## hostile input, killed processes, failing services, secrets; ends with a summary line
+	$(BIN)/python -m pytest tests/reliability -q
 
 bench: setup  ## benchmarks -> benchmarks/results/latest.json and plots (ARGS="--quick" to smoke-test)
 	$(BIN)/python -m benchmarks.run $(ARGS)

@@ -332,6 +332,15 @@ class FeatureStore:
                 # The server went away (restart, network): drop this connection, report it.
                 broken = True
                 raise StoreUnavailableError(_unavailable(error, self._conninfo)) from None
+            except psycopg2.DatabaseError as error:
+                # A server that stops mid-query can surface as a plain DatabaseError with no
+                # SQLSTATE (the connection may not be marked closed yet); an error in the
+                # query itself always has one, or is of a more specific class.
+                lost = type(error) is psycopg2.DatabaseError and error.pgcode is None
+                if not (conn.closed or lost):
+                    raise
+                broken = True
+                raise StoreUnavailableError(_unavailable(error, self._conninfo)) from None
             finally:
                 self._pool.putconn(conn, close=broken or bool(conn.closed))
 

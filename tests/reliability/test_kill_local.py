@@ -1,0 +1,113 @@
+"""Killed in the middle of a run: ingestion and streaming scoring, on the local profile.
+
+Each run happens in a worker process that is SIGKILLed mid-run (its Python alone, or its
+JVM and Python together, as when a kernel dies), then started again on the same
+checkpoint. The tables must end as if nothing had happened: every transaction once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hostile import expected_ingestion
+from processes import kill_mid_run, read_tables, run_worker
+from pyspark.sql import functions as F
+
+from workbook import features, ingest, names, simulator, sources, train
+from workbook.simulator import SimulationConfig
+
+pytestmark = pytest.mark.spark
+
+# Four landed files (one micro-batch each) of about 500 events.
+INGEST = SimulationConfig(n_transactions=2000, days=4, n_accounts=100, malformed_share=0.01)
+KILLS = {"python": False, "jvm_and_python": True}
+# Seconds into the batch: early (reading), or later (writing, committing).
+INTO_BATCH = {"python": 1.0, "jvm_and_python": 4.0}
+
+
+@pytest.mark.parametrize("kill", KILLS)
+def test_ingestion_killed_mid_run(spark, tmp_path: Path, tally, kill):
+    landing = tmp_path / "landing"
+    sources.land_files(INGEST, landing)
+    task = {
+        "job": "ingest",
+        "landing": str(landing),
+        "raw": str(tmp_path / "raw"),
+        "quarantine": str(tmp_path / "quarantine"),
+        "checkpoint": str(tmp_path / "checkpoint"),
+    }
+    valid_ids, refused = expected_ingestion(INGEST)
+    with tally.fault(f"ingestion (files): kill {kill} mid-run") as outcome:
+        committed = kill_mid_run(
+            task, tmp_path / "worker.log", task["checkpoint"], KILLS[kill], 1, INTO_BATCH[kill]
+        )
+        assert committed < INGEST.days, "killed after the run had finished"
+        run_worker(task, tmp_path / "worker.log")
+        tables = read_tables(
+            {"raw": task["raw"], "quarantine": task["quarantine"]}, tmp_path, spark
+        )
+        outcome.compare(valid_ids, [r[names.TRANSACTION_ID] for r in tables["raw"]])
+        outcome.compare(refused, [r[ingest.RECORD_ID] for r in tables["quarantine"]])
+
+
+# -- streaming scoring --------------------------------------------------------------------
+
+SCORING = SimulationConfig(n_transactions=1500, days=3, n_accounts=80)
+
+
+@pytest.fixture(scope="module")
+def scoring_lakehouse(spark, tmp_path_factory):
+    """Raw transactions, their daily features and a small trained pipeline, on disk."""
+    root = tmp_path_factory.mktemp("scoring")
+    paths = {
+        "landing": root / "landing",
+        "raw": root / "raw",
+        "features": root / "features",
+        "model": root / "model",
+        "predictions": root / "predictions",
+    }
+    paths = {k: str(v) for k, v in paths.items()}
+    ingest_days(spark, SCORING, paths, root)
+    raw = spark.read.format("delta").load(paths["raw"])
+    daily = features.daily_account_features(raw)
+    daily.write.format("delta").mode("overwrite").save(paths["features"])
+    _, labels = simulator.simulate(SCORING)
+    # Any fitted pipeline will do: what is under test is the stream around it.
+    training = train.training_set(
+        raw, spark.read.format("delta").load(paths["features"]), spark.createDataFrame(labels)
+    ).withColumn(train.WEIGHT, F.lit(1.0))
+    train.build_pipeline(max_iter=10).fit(training).write().overwrite().save(paths["model"])
+    return root, paths
+
+
+def ingest_days(spark, config: SimulationConfig, paths: dict, root: Path) -> None:
+    sources.land_files(config, paths["landing"])
+    events = sources.landed_files_stream(spark, paths["landing"], max_files_per_trigger=1)
+    query = ingest.start_ingest(
+        spark, events, paths["raw"], str(root / "quarantine"), str(root / "ingest-checkpoint")
+    )
+    query.awaitTermination()
+
+
+@pytest.mark.parametrize("kill", KILLS)
+def test_scoring_killed_mid_run(spark, scoring_lakehouse, tally, kill, tmp_path: Path):
+    """Each kill scores new raw commits; the second one also starts from the first's checkpoint."""
+    root, paths = scoring_lakehouse
+    if kill == "jvm_and_python":  # another day arrives for this run to score
+        ingest_days(spark, SCORING.following_days(1), paths, root)
+    task = {"job": "score", **{k: paths[k] for k in ("model", "raw", "features", "predictions")}}
+    checkpoint = f"{paths['predictions']}/_checkpoint"
+    done_before = 0 if kill == "python" else 1  # the batch the kill must land in
+    with tally.fault(f"streaming scoring: kill {kill} mid-run") as outcome:
+        kill_mid_run(
+            task, tmp_path / "worker.log", checkpoint, KILLS[kill], done_before, INTO_BATCH[kill]
+        )
+        run_worker(task, tmp_path / "worker.log")
+        tables = read_tables(
+            {"raw": paths["raw"], "predictions": paths["predictions"]}, root, spark
+        )
+        outcome.compare(
+            [r[names.TRANSACTION_ID] for r in tables["raw"]],
+            [r[names.TRANSACTION_ID] for r in tables["predictions"]],
+        )
