@@ -92,5 +92,9 @@ def get_settings() -> Settings:
         executor_memory=os.environ.get("WORKBOOK_EXECUTOR_MEMORY", "2g"),
         # Short jobs on few cores finish sooner with the quick JIT alone: the optimising
         # compiler's warm-up costs more CPU than it saves here (measured: 45 s -> 20 s).
-        jvm_options=os.environ.get("WORKBOOK_JVM_OPTIONS", "-XX:TieredStopAtLevel=1"),
+        # A long-lived JVM (a test session, the runner's shared kernel) generates much code:
+        # a larger code cache keeps it from running out ("Out of space in CodeCache").
+        jvm_options=os.environ.get(
+            "WORKBOOK_JVM_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
+        ),
     )
