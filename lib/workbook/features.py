@@ -13,6 +13,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from workbook import names
+from workbook.simulator import SimulationConfig
 
 NIGHT_END_HOUR = 6  # 00:00 to 05:59 UTC counts as night
 DAILY_FEATURES = (
@@ -62,6 +63,12 @@ FEATURES_SCHEMA = T.StructType(
 
 def _is_night(ts: str = names.TIMESTAMP):
     return F.hour(ts) < NIGHT_END_HOUR
+
+
+def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
+    """The rows of the simulated period alone: days appended later (by 04) change nothing here."""
+    day = F.to_date(names.TIMESTAMP)
+    return frame.filter(day.between(F.lit(config.day(config.first_day)), F.lit(config.end_date)))
 
 
 def daily_account_features(raw: DataFrame) -> DataFrame:

@@ -48,15 +48,19 @@ def start_scoring(
     With no ``processing_time`` the query drains what is there (AvailableNow) and stops. The
     checkpoint beside the table makes a rerun, or a restart after a crash, add nothing twice.
     """
-    new_transactions = (
-        spark.readStream.format("delta").option("startingVersion", starting_version).load(raw_path)
-    )
+    checkpoint = lakehouse.checkpoint_of(predictions_path)
+    reader = spark.readStream.format("delta")
+    # A restart goes on from its checkpoint. Delta would still check the starting version,
+    # and refuse it once a rerun of 03 has recorded a version the table has not reached.
+    if not lakehouse.exists(spark, f"{checkpoint}/offsets/0"):
+        reader = reader.option("startingVersion", starting_version)
+    new_transactions = reader.load(raw_path)
     features = spark.read.format("delta").load(features_path)
     writer = (
         predictions(model, new_transactions, features)
         .writeStream.format("delta")
         .outputMode("append")
-        .option("checkpointLocation", lakehouse.checkpoint_of(predictions_path))
+        .option("checkpointLocation", checkpoint)
         .queryName("score_transactions")
     )
     trigger = {"processingTime": processing_time} if processing_time else {"availableNow": True}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from workbook import names, simulator
 from workbook.config import get_settings
 
 
@@ -38,6 +39,16 @@ def write_text(spark, path: str, text: str) -> None:
 
 def read_text(spark, path: str) -> str:
     return "\n".join(spark.sparkContext.textFile(path, 1).collect())
+
+
+def save_simulation(spark, config: simulator.SimulationConfig) -> None:
+    """Record the simulated period beside the raw events: later notebooks read it from here."""
+    write_text(spark, location(names.SIMULATION_MANIFEST), config.to_json())
+
+
+def load_simulation(spark) -> simulator.SimulationConfig:
+    text = read_text(spark, location(names.SIMULATION_MANIFEST))
+    return simulator.SimulationConfig.from_json(text)
 
 
 def exists(spark, path: str) -> bool:

@@ -1,4 +1,4 @@
-"""Rerunning the whole workbook (every notebook, headless) leaves every table as it was."""
+"""Rerunning the whole workbook, or any one notebook, leaves every table as it was."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 from processes import read_tables
 
 from workbook import store
+from workbook.run import NOTEBOOKS
 
 pytestmark = pytest.mark.spark
 
@@ -22,11 +23,12 @@ RUN = ["-m", "workbook.run", "--rows", "50000", "--days", "14"]
 VOLATILE = {"inference_timestamp"}
 
 
-def run_workbook(lakehouse: Path, runs: Path) -> None:
+def run_workbook(lakehouse: Path, runs: Path, *only: str) -> None:
     env = {**os.environ, "WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
-    result = subprocess.run(
-        [sys.executable, *RUN, "--runs-dir", str(runs)], env=env, capture_output=True, text=True
-    )
+    command = [sys.executable, *RUN, "--runs-dir", str(runs)]
+    if only:
+        command += ["--only", *only]
+    result = subprocess.run(command, env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
@@ -52,19 +54,32 @@ def snapshot(spark, lakehouse: Path, monkeypatch) -> dict[str, Counter]:
     }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known defect: 04 appends the next day, so a second run of 02 and 03 sees it (new "
-    "feature rows, another test split); 02 and 03 should be limited to the simulated period",
-)
-def test_rerunning_the_workbook_changes_no_table(spark, tmp_path: Path, tally, monkeypatch):
-    lakehouse = tmp_path / "lakehouse"
-    run_workbook(lakehouse, tmp_path / "runs")
-    before = snapshot(spark, lakehouse, monkeypatch)
+@pytest.fixture(scope="module")
+def first_run(spark, tmp_path_factory) -> tuple[Path, dict[str, Counter]]:
+    """The workbook run once on a fresh lakehouse, and every table as it left them."""
+    lakehouse = tmp_path_factory.mktemp("rerun") / "lakehouse"
+    run_workbook(lakehouse, lakehouse.parent / "runs")
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        before = snapshot(spark, lakehouse, monkeypatch)
     assert {"raw-data-bucket/financial_data_delta", "online"} <= set(before)
-    with tally.fault("rerun of the whole workbook (notebooks 01-05)") as outcome:
-        run_workbook(lakehouse, tmp_path / "runs")
+    return lakehouse, before
+
+
+def rerun_changes_nothing(spark, first_run, tally, monkeypatch, *only: str) -> None:
+    lakehouse, before = first_run
+    with tally.fault(f"rerun of {' '.join(only) or 'the whole workbook'}") as outcome:
+        run_workbook(lakehouse, lakehouse.parent / "runs", *only)
         after = snapshot(spark, lakehouse, monkeypatch)
         assert set(after) == set(before)
         for name in before:
             outcome.compare(before[name].elements(), after[name].elements())
+
+
+def test_rerunning_the_workbook_changes_no_table(spark, first_run, tally, monkeypatch):
+    rerun_changes_nothing(spark, first_run, tally, monkeypatch)
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS)
+def test_rerunning_one_notebook_changes_no_table(spark, first_run, tally, monkeypatch, notebook):
+    """Each notebook run again on its own, after the whole workbook."""
+    rerun_changes_nothing(spark, first_run, tally, monkeypatch, notebook)

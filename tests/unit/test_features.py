@@ -338,3 +338,17 @@ def test_upsert_is_idempotent_and_counts_changes(spark, tmp_path, grid_tx):
     assert final.filter(gap).first()["amount_avg_30d"] == 1.0
     assert final.filter(F.col(names.ACCOUNT_ID) == "ACC_NEW").first()["daily_total_amount"] == 13.0
     rows.unpersist()
+
+
+def test_days_appended_later_change_no_feature_of_the_period(spark, grid_tx):
+    """04 appends the following day to raw; 02 and 03 keep to the simulated period."""
+    later, _ = simulator.simulate(CONFIG.following_days(1))
+    raw = to_raw(spark, pd.concat([grid_tx, later], ignore_index=True))
+    period = features.in_period(raw, CONFIG)
+    assert period.count() == len(grid_tx) < raw.count()
+
+    def rows(frame):
+        return sorted(tuple(r) for r in features.daily_account_features(frame).collect())
+
+    assert rows(period) == rows(to_raw(spark, grid_tx))
+    assert rows(raw) != rows(period)
