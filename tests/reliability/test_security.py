@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psycopg2.errors
 import pytest
+import read_only
 from psycopg2.extensions import parse_dsn
 
 from workbook import services, serving, store
@@ -137,17 +138,6 @@ def test_the_scan_leaves_env_example_alone(repo_copy):
 
 # -- the serving path on the stack is read-only -------------------------------------------
 
-WRITES = [
-    "INSERT INTO daily_account_features (account_id, feature_date) VALUES ('X', '2025-01-01')",
-    "UPDATE daily_account_features SET txn_count_7d = 0",
-    "DELETE FROM daily_account_features",
-    "TRUNCATE daily_account_features",
-    "INSERT INTO daily_account_features_staging (account_id) VALUES ('X')",
-    "CREATE TABLE reader_owned (x int)",
-    "DROP TABLE daily_account_features",
-    "CREATE ROLE sneaky",
-]
-
 
 def test_stack_serving_path_connects_read_only_and_cannot_write(monkeypatch, tmp_path):
     monkeypatch.setenv("WORKBOOK_PROFILE", "stack")
@@ -167,7 +157,7 @@ def test_stack_serving_path_connects_read_only_and_cannot_write(monkeypatch, tmp
             cur.execute("SELECT current_user, count(*) FROM daily_account_features")
             user, rows_before = cur.fetchone()
             assert user == required("FEATURES_READER_USER")
-            for statement in WRITES:
+            for statement in read_only.WRITES:
                 with pytest.raises(
                     (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.ReadOnlySqlTransaction)
                 ):

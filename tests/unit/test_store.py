@@ -6,6 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pandas as pd
 import psycopg2.errors
 import pytest
+import read_only
 from psycopg2.extensions import parse_dsn
 
 from workbook import config, names, store
@@ -158,21 +159,7 @@ def test_reader_can_read(reader):
         assert cur.fetchone() == (store.LOCAL_READER_ROLE, 5)
 
 
-WRITES = [
-    "INSERT INTO daily_account_features (account_id, feature_date) VALUES ('X', '2025-01-01')",
-    "UPDATE daily_account_features SET txn_count_7d = 0",
-    "DELETE FROM daily_account_features",
-    "TRUNCATE daily_account_features",
-    "INSERT INTO daily_account_features_staging (account_id) VALUES ('X')",
-    "CREATE TABLE reader_owned (x int)",
-    "CREATE TEMP TABLE reader_scratch (x int)",
-    "DROP TABLE daily_account_features",
-    "ALTER TABLE daily_account_features ADD COLUMN x int",
-    "CREATE ROLE sneaky",
-]
-
-
-@pytest.mark.parametrize("statement", WRITES, ids=lambda s: " ".join(s.split()[:2]))
+@pytest.mark.parametrize("statement", read_only.WRITES, ids=lambda s: " ".join(s.split()[:2]))
 def test_reader_cannot_write(conn, reader, statement):
     for read_write in (False, True):
         with reader.cursor() as cur:
