@@ -128,6 +128,11 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
     return features.select([F.col(f.name).cast(f.dataType) for f in FEATURES_SCHEMA])
 
 
+def as_of_date(ts: str = names.TIMESTAMP):
+    """The day of the feature row a transaction is scored with: the day before its own."""
+    return F.date_sub(F.to_date(ts), 1)
+
+
 def transaction_features(transactions: DataFrame, features: DataFrame) -> DataFrame:
     """Each transaction with the model inputs, joined to its account's previous-day row.
 
@@ -135,7 +140,7 @@ def transaction_features(transactions: DataFrame, features: DataFrame) -> DataFr
     """
     as_of = "_as_of"
     tx = transactions.withColumn(names.TRANSACTION_DATE, F.to_date(names.TIMESTAMP)).withColumn(
-        as_of, F.date_sub(names.TRANSACTION_DATE, 1)
+        as_of, as_of_date()
     )
     history = features.select(
         names.ACCOUNT_ID,

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from workbook import lakehouse, names
-from workbook.features import transaction_features
+from workbook.features import as_of_date, transaction_features
 from workbook.train import SCORE, score
 
 PREDICTION_COLUMNS = (
@@ -21,6 +23,9 @@ PREDICTION_COLUMNS = (
     SCORE,
     "inference_timestamp",
 )
+# A live micro-batch (a few thousand rows) is scored and written as one task and one file; a
+# backlog is spread over tasks of this many rows.
+ROWS_PER_TASK = 100_000
 
 
 def predictions(model: PipelineModel, transactions: DataFrame, features: DataFrame) -> DataFrame:
@@ -55,13 +60,68 @@ def start_scoring(
     if not lakehouse.exists(spark, f"{checkpoint}/offsets/0"):
         reader = reader.option("startingVersion", starting_version)
     new_transactions = reader.load(raw_path)
-    features = spark.read.format("delta").load(features_path)
+    each_batch = partial(score_batch, model, FeatureDays(features_path), predictions_path)
     writer = (
-        predictions(model, new_transactions, features)
-        .writeStream.format("delta")
-        .outputMode("append")
+        new_transactions.writeStream.foreachBatch(each_batch)
         .option("checkpointLocation", checkpoint)
         .queryName("score_transactions")
     )
     trigger = {"processingTime": processing_time} if processing_time else {"availableNow": True}
-    return writer.trigger(**trigger).start(predictions_path)
+    return writer.trigger(**trigger).start()
+
+
+def score_batch(
+    model: PipelineModel,
+    features: FeatureDays,
+    predictions_path: str,
+    batch: DataFrame,
+    batch_id: int,
+) -> None:
+    """One micro-batch: scored against only the feature days it needs, appended exactly once."""
+    session = batch.sparkSession
+    rows, days = batch.coalesce(1).agg(F.count(F.lit(1)), F.collect_set(as_of_date())).first()
+    # One row per account and day: a day's rows are small enough to send to every task.
+    history = F.broadcast(features.of_days(session, days))
+    scored = predictions(model, batch.coalesce(max(1, rows // ROWS_PER_TASK)), history)
+    # What the Delta sink does: the commit records (query id, batch id), and a batch replayed
+    # after a crash between that commit and the checkpoint's is skipped. The query id is the
+    # checkpoint's, so a fresh checkpoint writes again, as the Delta sink would.
+    query_id = session.sparkContext.getLocalProperty("sql.streaming.queryId")
+    if not query_id:
+        raise RuntimeError("score_batch runs in a streaming query's foreachBatch only")
+    (
+        scored.write.format("delta")
+        .mode("append")
+        .option("txnAppId", query_id)
+        .option("txnVersion", batch_id)
+        .save(predictions_path)
+    )
+
+
+class FeatureDays:
+    """The daily feature rows of some days, kept in memory until the table or the days change.
+
+    Read afresh, they cost each micro-batch two Spark jobs (Delta's file pruning, the scan);
+    live traffic needs the same day (yesterday) batch after batch. The table changes only by
+    new commits (upserts), so the rows kept are those of one version, read as of that version.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._key: tuple[int, frozenset] | None = None
+        self._rows: DataFrame | None = None
+
+    def of_days(self, spark: SparkSession, days) -> DataFrame:
+        key = (lakehouse.latest_commit(spark, self.path), frozenset(days))
+        if key != self._key:
+            if self._rows is not None:
+                self._rows.unpersist()
+            self._rows = (
+                spark.read.format("delta")
+                .option("versionAsOf", key[0])
+                .load(self.path)
+                .where(F.col(names.TRANSACTION_DATE).isin(list(days)))
+                .cache()
+            )
+            self._key = key
+        return self._rows

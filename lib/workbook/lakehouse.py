@@ -69,6 +69,13 @@ def table_version(spark, path: str) -> int:
     return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
 
 
+def latest_commit(spark, path: str) -> int:
+    """``table_version`` from a listing of the table's log: no Spark job, for a per-batch check."""
+    fs, commits = _fs_path(spark, f"{path}/_delta_log/*.json")
+    names = (status.getPath().getName().removesuffix(".json") for status in fs.globStatus(commits))
+    return max(int(name) for name in names if name.isdigit())
+
+
 def history(spark, path: str, limit: int = 10):
     """A table's recent commits: version, operation and the row counts they wrote."""
     from delta.tables import DeltaTable

@@ -2,7 +2,9 @@
 
 Each run happens in a worker process that is SIGKILLed mid-run (its Python alone, or its
 JVM and Python together, as when a kernel dies), then started again on the same
-checkpoint. The tables must end as if nothing had happened: every transaction once.
+checkpoint. The tables must end as if nothing had happened: every transaction once. The
+last test makes the state a kill leaves between a batch's predictions commit and the
+checkpoint's, a gap too short to aim a kill at.
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ from pathlib import Path
 import pytest
 from hostile import expected_ingestion
 from processes import kill_mid_run, read_tables, run_worker
+from pyspark.ml import PipelineModel
 from pyspark.sql import functions as F
 
-from workbook import features, ingest, names, simulator, sources, train
+from workbook import features, inference, ingest, lakehouse, names, simulator, sources, train
 from workbook.simulator import SimulationConfig
 
 pytestmark = pytest.mark.spark
@@ -107,6 +110,36 @@ def test_scoring_killed_mid_run(spark, scoring_lakehouse, tally, kill, tmp_path:
         tables = read_tables(
             {"raw": paths["raw"], "predictions": paths["predictions"]}, root, spark
         )
+        outcome.compare(
+            [r[names.TRANSACTION_ID] for r in tables["raw"]],
+            [r[names.TRANSACTION_ID] for r in tables["predictions"]],
+        )
+
+
+def test_scoring_batch_replayed_after_its_commit(spark, scoring_lakehouse, tally, tmp_path: Path):
+    """Killed between a batch's predictions commit and the checkpoint's: the batch runs again.
+
+    That gap lasts a fraction of a second, too short to aim a kill at; the test leaves what
+    such a kill leaves (the checkpoint without its last commit) and restarts the query.
+    """
+    root, paths = scoring_lakehouse
+    predictions = str(tmp_path / "predictions")
+    commits = Path(lakehouse.checkpoint_of(predictions)) / "commits"
+    model = PipelineModel.load(paths["model"])
+
+    def score() -> None:
+        inference.start_scoring(
+            spark, model, paths["raw"], paths["features"], predictions, starting_version=0
+        ).awaitTermination()
+
+    with tally.fault("streaming scoring: batch replayed after its commit") as outcome:
+        score()
+        last = max(int(p.name) for p in commits.iterdir() if p.name.isdigit())
+        for name in (str(last), f".{last}.crc"):
+            (commits / name).unlink()
+        score()
+        assert (commits / str(last)).exists(), "the batch was not run again"
+        tables = read_tables({"raw": paths["raw"], "predictions": predictions}, root, spark)
         outcome.compare(
             [r[names.TRANSACTION_ID] for r in tables["raw"]],
             [r[names.TRANSACTION_ID] for r in tables["predictions"]],
