@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from workbook import services
+from workbook import config, services
 from workbook.config import MissingSettingError
 
 
@@ -40,6 +40,7 @@ def test_postgres_address_is_host_and_port(monkeypatch):
 
 
 def test_a_missing_setting_is_named(monkeypatch):
+    monkeypatch.setattr(config, "load_dotenv", lambda: None)  # as before `make stack-up` made .env
     monkeypatch.delenv("KAFKA_BOOTSTRAP_SERVERS", raising=False)
     with pytest.raises(MissingSettingError, match="KAFKA_BOOTSTRAP_SERVERS is not set.*env"):
         services.require("kafka")
