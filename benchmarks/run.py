@@ -130,7 +130,7 @@ def main(argv=None) -> int:
                 from benchmarks import lookup, workbook
 
                 workbook.ensure_lakehouse()
-                small = dict(n=500, batches=100, http_batches=10, warmup=100)
+                small = dict(n=500, batches=100, http_batches=100, warmup=100)
                 section = lookup.run(**(small if args.quick else {}))
             elif name == "stream":
                 from benchmarks import stream, workbook

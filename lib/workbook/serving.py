@@ -48,6 +48,7 @@ from workbook.ingest import MAX_AMOUNT
 # before it reaches the database.
 ACCOUNT_ID_PATTERN = r"^ACC[0-9]{6,9}$"
 TEXT_LIMIT = 128
+MAX_BATCH = 100  # accounts per POST /features/batch: one query, a bounded answer
 
 
 class Transaction(BaseModel):
@@ -119,6 +120,26 @@ AccountFeatures = create_model(
     },
 )
 AccountId = Annotated[str, PathParam(pattern=ACCOUNT_ID_PATTERN, examples=["ACC000042"])]
+
+
+class AccountIds(BaseModel):
+    """Up to ``MAX_BATCH`` accounts whose features to look up at once."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"account_ids": ["ACC000042", "ACC000043"]}]},
+    )
+
+    account_ids: list[Annotated[str, Field(pattern=ACCOUNT_ID_PATTERN)]] = Field(
+        min_length=1, max_length=MAX_BATCH
+    )
+
+
+FeaturesBatch = create_model(
+    "FeaturesBatch",
+    features=(list[AccountFeatures], Field(description="known accounts, in the order asked")),
+    unknown=(list[str], Field(description="accounts with no online features")),
+)
 
 
 class Service:
@@ -227,6 +248,16 @@ def create_app(model_location: str | None = None, conninfo: str | None = None) -
         if row is None:
             raise HTTPException(404, f"no online features for account {account_id}")
         return row
+
+    @app.post("/features/batch", response_model=FeaturesBatch)
+    def features_batch(request: AccountIds):
+        """The latest online features of several accounts, in one query."""
+        wanted = list(dict.fromkeys(request.account_ids))  # each once, in the order asked
+        rows = service.store().get_many(wanted)
+        return {
+            "features": [rows[a] for a in wanted if a in rows],
+            "unknown": [a for a in wanted if a not in rows],
+        }
 
     @app.post("/score", response_model=Score, responses={409: {"description": "features too new"}})
     def score(transaction: Transaction):
@@ -394,6 +425,23 @@ def http_latencies_ms(
     client = _Client(base_url)
     try:
         return _timed(lambda a: client.get(f"/features/{a}"), list(account_ids), n, seed)
+    finally:
+        client.close()
+
+
+def http_batch_latencies_ms(
+    base_url: str, account_ids: Sequence[str], batch: int = MAX_BATCH, n: int = 200, seed: int = 0
+) -> np.ndarray:
+    """Time ``n`` POST /features/batch lookups of ``batch`` randomly chosen accounts each."""
+    rng = np.random.default_rng(seed)
+    ids = np.asarray(account_ids)
+    bodies = [
+        json.dumps({"account_ids": rng.choice(ids, batch, replace=False).tolist()}).encode()
+        for _ in range(n)
+    ]
+    client = _Client(base_url)
+    try:
+        return _timed(lambda b: client.call("POST", "/features/batch", b), bodies, n, seed)
     finally:
         client.close()
 

@@ -358,6 +358,7 @@ class FeatureStore:
         return dict(zip(COLUMNS, row, strict=True)) if row else None
 
     def get_many(self, account_ids: list[str]) -> dict[str, dict]:
+        """The latest features of the known accounts among ``account_ids``, by account."""
         with self._cursor() as cur:
             cur.execute(self._MANY, (list(account_ids),))
             rows = cur.fetchall()

@@ -145,7 +145,9 @@ def test_health(client):
 
 def test_openapi_schema_documents_the_endpoints(client):
     schema = client.get("/openapi.json").json()
-    assert {"/health", "/features/{account_id}", "/score"} <= set(schema["paths"])
+    assert {"/health", "/features/{account_id}", "/features/batch", "/score"} <= set(
+        schema["paths"]
+    )
     parameter = schema["paths"]["/features/{account_id}"]["get"]["parameters"][0]
     assert parameter["schema"]["pattern"] == serving.ACCOUNT_ID_PATTERN
     assert "Transaction" in schema["components"]["schemas"]
@@ -154,7 +156,7 @@ def test_openapi_schema_documents_the_endpoints(client):
 def test_handlers_are_plain_functions_run_in_the_threadpool(client):
     routes = [r for r in client.app.routes if getattr(r, "path", "") in ("/health", "/score")]
     routes += [r for r in client.app.routes if getattr(r, "path", "").startswith("/features")]
-    assert len(routes) == 3
+    assert len(routes) == 4
     assert not any(inspect.iscoroutinefunction(r.endpoint) for r in routes)
 
 
@@ -191,6 +193,31 @@ def test_malformed_account_id(client, account):
     assert client.get(f"/features/{account}").status_code == 422
 
 
+def test_features_of_several_accounts_in_one_request(client):
+    asked = ["ACC000003", UNKNOWN, "ACC000001", "ACC000003"]
+    response = client.post("/features/batch", json={"account_ids": asked})
+    assert response.status_code == 200
+    body = response.json()
+    assert [row[names.ACCOUNT_ID] for row in body["features"]] == ["ACC000003", "ACC000001"]
+    assert body["unknown"] == [UNKNOWN]
+    assert body["features"][0] == client.get("/features/ACC000003").json()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"account_ids": []},
+        {"account_ids": ["ACC000001"] * (serving.MAX_BATCH + 1)},
+        {"account_ids": ["ACC000001", "ACC1"]},
+        {"account_ids": "ACC000001"},
+        {"accounts": ["ACC000001"]},
+        ["ACC000001"],
+    ],
+)
+def test_features_batch_refuses_bad_requests(client, body):
+    assert client.post("/features/batch", json=body).status_code == 422
+
+
 HOSTILE = [
     "' OR '1'='1",
     "ACC000001'; DROP TABLE daily_account_features; --",
@@ -208,6 +235,8 @@ def test_injection_like_ids_are_refused_harmlessly(client, materialized, hostile
     assert response.status_code in (404, 422)
     scored = client.post("/score", json=transaction(account_id=hostile))
     assert scored.status_code == 422
+    batch = client.post("/features/batch", json={"account_ids": ["ACC000001", hostile]})
+    assert batch.status_code == 422
     assert len(store.read_all(materialized)) == len(ACCOUNTS)
     assert client.get("/features/ACC000001").status_code == 200
 
@@ -337,12 +366,13 @@ def test_service_process_and_latency_helpers(materialized, model_file):
         lookups = serving.http_latencies_ms(running.url, [*ACCOUNTS, UNKNOWN], n=30)
         events = [transaction(account_id=a, transaction_id=f"TX-{a}") for a in ACCOUNTS]
         scores = serving.http_score_latencies_ms(running.url, events, n=30)
+        batches = serving.http_batch_latencies_ms(running.url, [*ACCOUNTS, UNKNOWN], 4, n=10)
     # A clean exit releases its handle on the embedded server, which can then stop with us.
     assert running.process.returncode == 0
     handles = json.loads((get_settings().postgres_dir / ".handle_pids.json").read_text())
     assert running.process.pid not in handles
-    assert lookups.shape == scores.shape == (30,)
-    assert (lookups > 0).all() and (scores > 0).all()
+    assert lookups.shape == scores.shape == (30,) and batches.shape == (10,)
+    assert (lookups > 0).all() and (scores > 0).all() and (batches > 0).all()
 
     model = scoring.ScoringModel.load(str(model_file))
     with store.FeatureStore() as online:
