@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from functools import partial
 
 from pyspark.ml import PipelineModel
@@ -23,6 +25,7 @@ PREDICTION_COLUMNS = (
     SCORE,
     "inference_timestamp",
 )
+log = logging.getLogger(__name__)
 # A live micro-batch (a few thousand rows) is scored and written as one task and one file; a
 # backlog is spread over tasks of this many rows.
 ROWS_PER_TASK = 100_000
@@ -96,6 +99,28 @@ def score_batch(
         .option("txnVersion", batch_id)
         .save(predictions_path)
     )
+    threading.Thread(
+        target=_prepare_next_check, args=(session, predictions_path), daemon=True
+    ).start()
+
+
+def _prepare_next_check(spark: SparkSession, path: str) -> None:
+    """Have Delta compute, in the background, the table state the next batch's check reads.
+
+    To find which batch a query committed last, Delta rebuilds the table's state (three Spark
+    jobs, about 0.4 s on two cores) at every write. Built here, right after this commit, it
+    overlaps the wait for the next trigger and the next batch's one-task scoring job; Delta
+    keeps it with this table version, so the next write finds it ready (unless another writer
+    committed in between, and then Delta builds it as it always does). A speed-up only: if
+    it fails, the write still checks, just later.
+    """
+    try:
+        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(
+            spark._jsparkSession, path
+        )
+        delta_log.unsafeVolatileSnapshot().setTransactions()
+    except Exception as error:  # e.g. the session stopped meanwhile
+        log.debug("state of %s not prepared: %s", path, error)
 
 
 class FeatureDays:

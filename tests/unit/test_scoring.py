@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import date, timedelta
 
 import numpy as np
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
-from workbook import features, ingest, names, scoring, simulator, train
+from workbook import features, inference, ingest, lakehouse, names, scoring, simulator, train
 from workbook.simulator import SimulationConfig
 
 pytestmark = pytest.mark.spark
@@ -228,3 +229,77 @@ def test_online_path_scores_like_the_streaming_path(spark, simulated, trained):
         got = scoring.score_transaction(exported, event, online.get(event[names.ACCOUNT_ID]))
         assert abs(got["fraud_probability"] - expected[event[names.TRANSACTION_ID]]) < 1e-6
         assert got["history"] in (scoring.PREVIOUS_DAY, scoring.UNKNOWN_ACCOUNT)
+
+
+# -- the scoring query -------------------------------------------------------------------------
+
+
+def wait_for_rows(spark, query, path: str, rows: int, timeout: float = 120.0) -> int:
+    deadline = time.monotonic() + timeout
+    count = 0
+    while time.monotonic() < deadline:
+        assert query.isActive, f"the query stopped: {query.exception()}"
+        if lakehouse.is_delta_table(spark, path):
+            count = spark.read.format("delta").load(path).count()
+            if count >= rows:
+                return count
+        time.sleep(0.5)
+    return count
+
+
+def test_a_live_query_scores_each_new_transaction_once_as_batch_scoring_does(
+    spark, simulated, trained, tmp_path
+):
+    """Days appended one by one while a query with a processing-time trigger runs."""
+    _, raw, daily, _ = simulated
+    model, _ = trained
+    raw_path, features_path, predictions_path = (
+        str(tmp_path / name) for name in ("raw", "features", "predictions")
+    )
+    day = F.to_date(names.TIMESTAMP)
+    last_days = [TEST_FROM + timedelta(days=k) for k in range(3)]
+    daily.write.format("delta").partitionBy(names.TRANSACTION_DATE).save(features_path)
+    raw.filter(day < last_days[0]).write.format("delta").save(raw_path)
+
+    append = raw.filter(day == last_days[0]).write.format("delta").mode("append")
+    append.save(raw_path)  # version 1, where scoring starts
+
+    query = inference.start_scoring(
+        spark, model, raw_path, features_path, predictions_path, 1, processing_time="1 second"
+    )
+    try:
+        for new_day in last_days[1:]:
+            time.sleep(1.5)
+            raw.filter(day == new_day).write.format("delta").mode("append").save(raw_path)
+        new = raw.filter(day.between(last_days[0], last_days[-1]))
+        assert wait_for_rows(spark, query, predictions_path, new.count()) == new.count()
+    finally:
+        query.stop()
+
+    got = spark.read.format("delta").load(predictions_path).toPandas()
+    assert got[names.TRANSACTION_ID].is_unique
+    assert sum(p["numInputRows"] > 0 for p in query.recentProgress) >= 2  # batch after batch
+    expected = inference.predictions(model, new, daily).toPandas()
+    both = got.merge(expected, on=names.TRANSACTION_ID, suffixes=("", "_batch"))
+    assert len(both) == len(expected) == len(got)
+    assert np.allclose(both[train.SCORE], both[f"{train.SCORE}_batch"], rtol=0, atol=1e-12)
+
+
+def test_feature_days_are_read_again_when_the_table_changes(spark, simulated, tmp_path):
+    _, _, daily, _ = simulated
+    path = str(tmp_path / "features")
+    daily.write.format("delta").partitionBy(names.TRANSACTION_DATE).save(path)
+    days = inference.FeatureDays(path)
+    one_day = [TEST_FROM]
+
+    first = days.of_days(spark, one_day)
+    assert days.of_days(spark, one_day) is first  # unchanged table, same days: kept
+    assert {r[0] for r in first.select(names.TRANSACTION_DATE).distinct().collect()} == {TEST_FROM}
+
+    two_days = days.of_days(spark, [TEST_FROM, TEST_FROM - timedelta(days=1)])
+    assert two_days.count() > first.count()
+
+    changed = daily.withColumn("txn_count_7d", F.lit(-1).cast("bigint"))
+    lakehouse.upsert(spark, path, changed, list(features.FEATURE_KEYS))
+    fresh = days.of_days(spark, one_day)
+    assert fresh.agg(F.max("txn_count_7d")).first()[0] == -1
