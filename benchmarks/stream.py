@@ -181,7 +181,11 @@ def run(
     producer = Producer(raw_path, event_pool(config, pool_size))
     from deltalake import DeltaTable
 
-    DeltaTable.create(raw_path, producer.pool.schema)
+    # A checkpoint each 10 commits, as Spark writes its tables (delta-rs's default is 100): a
+    # reader of a new version replays the commits since the last checkpoint.
+    DeltaTable.create(
+        raw_path, producer.pool.schema, configuration={"delta.checkpointInterval": "10"}
+    )
 
     model, _metadata = train.load_model(spark, lakehouse.location(names.MODEL))
     query = inference.start_scoring(
