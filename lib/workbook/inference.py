@@ -137,7 +137,7 @@ class FeatureDays:
         self._rows: DataFrame | None = None
 
     def of_days(self, spark: SparkSession, days) -> DataFrame:
-        key = (lakehouse.latest_commit(spark, self.path), frozenset(days))
+        key = (lakehouse.table_version(spark, self.path), frozenset(days))
         if key != self._key:
             if self._rows is not None:
                 self._rows.unpersist()

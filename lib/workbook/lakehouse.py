@@ -63,14 +63,11 @@ def is_delta_table(spark, path: str) -> bool:
 
 
 def table_version(spark, path: str) -> int:
-    """The latest committed version of the Delta table at ``path``."""
-    from delta.tables import DeltaTable
+    """The latest committed version of the Delta table at ``path``.
 
-    return int(DeltaTable.forPath(spark, path).history(1).collect()[0]["version"])
-
-
-def latest_commit(spark, path: str) -> int:
-    """``table_version`` from a listing of the table's log: no Spark job, for a per-batch check."""
+    Read from a listing of the table's log (each commit is a numbered JSON file), without a
+    Spark job: the scoring stream asks it at every micro-batch.
+    """
     fs, commits = _fs_path(spark, f"{path}/_delta_log/*.json")
     names = (status.getPath().getName().removesuffix(".json") for status in fs.globStatus(commits))
     return max(int(name) for name in names if name.isdigit())

@@ -301,5 +301,7 @@ def test_feature_days_are_read_again_when_the_table_changes(spark, simulated, tm
 
     changed = daily.withColumn("txn_count_7d", F.lit(-1).cast("bigint"))
     lakehouse.upsert(spark, path, changed, list(features.FEATURE_KEYS))
+    history = lakehouse.history(spark, path).collect()
+    assert lakehouse.table_version(spark, path) == max(r["version"] for r in history) == 1
     fresh = days.of_days(spark, one_day)
     assert fresh.agg(F.max("txn_count_7d")).first()[0] == -1
