@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
 ARGS ?=
 
-.PHONY: setup run test test-unit test-notebooks jars lab lint format reset clean refresh-outputs \
+.PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
 	stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -21,10 +21,13 @@ setup: $(INSTALLED)  ## create .venv with the pinned packages and check Java
 run: setup  ## run notebooks 01-05 headless; e.g. make run ARGS="--rows 50000 --seed 7"
 	$(BIN)/python -m workbook.run $(ARGS)
 
-test: lint test-unit test-notebooks  ## every test: lint, the library, then the notebooks with nbval
+test: lint test-unit test-smoke test-notebooks  ## lint, the library, the workbook's summary, nbval
 
 test-unit: setup
 	$(BIN)/python -m pytest tests/unit -q
+
+test-smoke: setup  ## the whole workbook at a small size: its summary's metrics within tolerances
+	$(BIN)/python -m pytest tests/smoke -q
 
 test-notebooks: setup
 	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg -q

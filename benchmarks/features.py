@@ -16,8 +16,8 @@ import pyarrow as pa
 
 from benchmarks import common
 from workbook import names
-from workbook.features import FEATURE_COLUMNS, NIGHT_END_HOUR
-from workbook.ingest import BATCH_ID, RAW_SCHEMA
+from workbook.ingest import RAW_SCHEMA
+from workbook.names import BATCH_ID, FEATURE_COLUMNS, NIGHT_END_HOUR
 
 DAYS = 30
 SEED = 42

@@ -9,7 +9,6 @@ framework add. Every series follows a warm-up of its own.
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from workbook import lakehouse, names, scoring, serving, simulator, store
+from workbook import lakehouse, latency, launcher, names, scoring, simulator, store
 
 BATCH = 100
 TARGETS_MS = {"lookup_p99_ms": 2.0, "lookup_http_p99_ms": 5.0, "score_p99_ms": 10.0}
@@ -45,17 +44,6 @@ def transactions_to_score(n: int) -> list[dict]:
     return json.loads(frame.to_json(orient="records"))  # plain JSON types, as a client sends
 
 
-def batch_latencies_ms(online: store.FeatureStore, ids: list[str], n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    out = np.empty(n)
-    for i in range(n):
-        keys = [str(k) for k in rng.choice(ids, BATCH, replace=False)]
-        start = time.perf_counter_ns()
-        online.get_many(keys)
-        out[i] = (time.perf_counter_ns() - start) / 1e6
-    return out
-
-
 def run(n: int = 5000, batches: int = 1000, http_batches: int = 1000, warmup: int = 300) -> dict:
     conn = store.connect()
     try:
@@ -75,30 +63,28 @@ def run(n: int = 5000, batches: int = 1000, http_batches: int = 1000, warmup: in
 
     common.progress(f"lookup: in-process, {len(ids):,} accounts online, {n:,} requests per series")
     with store.FeatureStore() as online:
-        store.lookup_latencies_ms(online, ids, n=warmup)
-        keep("in_process_one_key", store.lookup_latencies_ms(online, ids, n=n, seed=1))
-        batch_latencies_ms(online, ids, max(10, warmup // 10))
-        keep("in_process_100_keys", batch_latencies_ms(online, ids, batches, seed=1))
-        serving.score_latencies_ms(online, model, transactions, n=warmup)
-        keep(
-            "in_process_score", serving.score_latencies_ms(online, model, transactions, n=n, seed=1)
-        )
+        latency.lookups(online, ids, n=warmup)
+        keep("in_process_one_key", latency.lookups(online, ids, n=n, seed=1))
+        latency.batch_lookups(online, ids, BATCH, n=max(10, warmup // 10))
+        keep("in_process_100_keys", latency.batch_lookups(online, ids, BATCH, batches, seed=1))
+        latency.scores(online, model, transactions, n=warmup)
+        keep("in_process_score", latency.scores(online, model, transactions, n=n, seed=1))
         history = Counter(
             scoring.score_transaction(model, t, online.get_features(t[names.ACCOUNT_ID]))["history"]
             for t in transactions[:500]
         )
 
     common.progress("lookup: over HTTP (the scoring service in its own process)")
-    with serving.start_service() as service:
-        serving.http_latencies_ms(service.url, ids, n=warmup)
-        keep("http_one_key", serving.http_latencies_ms(service.url, ids, n=n, seed=1))
-        serving.http_batch_latencies_ms(service.url, ids, BATCH, n=max(10, warmup // 10))
+    with launcher.start_service() as service:
+        latency.http_lookups(service.url, ids, n=warmup)
+        keep("http_one_key", latency.http_lookups(service.url, ids, n=n, seed=1))
+        latency.http_batch_lookups(service.url, ids, BATCH, n=max(10, warmup // 10))
         keep(
             "http_100_keys",
-            serving.http_batch_latencies_ms(service.url, ids, BATCH, n=http_batches, seed=1),
+            latency.http_batch_lookups(service.url, ids, BATCH, n=http_batches, seed=1),
         )
-        serving.http_score_latencies_ms(service.url, transactions, n=warmup)
-        keep("http_score", serving.http_score_latencies_ms(service.url, transactions, n=n, seed=1))
+        latency.http_scores(service.url, transactions, n=warmup)
+        keep("http_score", latency.http_scores(service.url, transactions, n=n, seed=1))
 
     figures = {name: common.percentiles(values, (50, 95, 99)) for name, values in series.items()}
     headline = {key: figures[name]["p99_ms"] for name, key in SERIES_TARGET.items()}

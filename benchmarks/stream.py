@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from benchmarks import common
 from benchmarks.features import raw_arrow_schema
 from workbook import lakehouse, names, simulator
-from workbook.ingest import BATCH_ID
+from workbook.names import BATCH_ID
 
 TARGET_P50_MS = 2000.0
 

@@ -15,54 +15,20 @@ from pyspark.sql import types as T
 from workbook import names
 from workbook.simulator import SimulationConfig
 
-NIGHT_END_HOUR = 6  # 00:00 to 05:59 UTC counts as night
-DAILY_FEATURES = (
-    "daily_transaction_count",
-    "daily_total_amount",
-    "daily_average_amount",
-    "daily_max_amount",
-    "daily_distinct_merchants",
-    "daily_night_count",
-)
-ROLLING_FEATURES = (
-    "txn_count_7d",
-    "amount_sum_7d",
-    "amount_max_7d",
-    "night_share_7d",
-    "txn_count_30d",
-    "amount_avg_30d",
-)
-FEATURE_COLUMNS = (*DAILY_FEATURES, *ROLLING_FEATURES)
-FEATURE_KEYS = (names.ACCOUNT_ID, names.TRANSACTION_DATE)
-
-# The model's input: the transaction's own attributes and its account's history.
-NUMERIC_INPUTS = (
-    "amount_log",
-    "amount_vs_30d_avg",
-    "is_night",
-    "prev_day_count",
-    "txn_count_7d",
-    "amount_sum_7d_log",
-    "amount_max_7d_log",
-    "night_share_7d",
-    "txn_count_30d",
-)
-CATEGORICAL_INPUTS = (names.CATEGORY, names.TRANSACTION_TYPE)
-
 FEATURES_SCHEMA = T.StructType(
     [
         T.StructField(names.ACCOUNT_ID, T.StringType(), False),
         T.StructField(names.TRANSACTION_DATE, T.DateType(), False),
         *[
-            T.StructField(c, T.LongType() if "count" in c or "distinct" in c else T.DoubleType())
-            for c in FEATURE_COLUMNS
+            T.StructField(c, T.LongType() if c in names.COUNT_FEATURES else T.DoubleType())
+            for c in names.FEATURE_COLUMNS
         ],
     ]
 )
 
 
 def _is_night(ts: str = names.TIMESTAMP):
-    return F.hour(ts) < NIGHT_END_HOUR
+    return F.hour(ts) < names.NIGHT_END_HOUR
 
 
 def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
@@ -74,15 +40,15 @@ def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
 def daily_account_features(raw: DataFrame) -> DataFrame:
     """One row per account and day with the daily and rolling features."""
     tx = raw.withColumn(names.TRANSACTION_DATE, F.to_date(names.TIMESTAMP))
-    daily = tx.groupBy(names.ACCOUNT_ID, names.TRANSACTION_DATE).agg(
-        F.count(names.TRANSACTION_ID).alias("daily_transaction_count"),
-        F.round(F.sum(names.AMOUNT), 2).alias("daily_total_amount"),
-        F.round(F.avg(names.AMOUNT), 4).alias("daily_average_amount"),
-        F.max(names.AMOUNT).alias("daily_max_amount"),
+    daily = tx.groupBy(*names.FEATURE_KEYS).agg(
+        F.count(names.TRANSACTION_ID).alias(names.DAILY_TRANSACTION_COUNT),
+        F.round(F.sum(names.AMOUNT), 2).alias(names.DAILY_TOTAL_AMOUNT),
+        F.round(F.avg(names.AMOUNT), 4).alias(names.DAILY_AVERAGE_AMOUNT),
+        F.max(names.AMOUNT).alias(names.DAILY_MAX_AMOUNT),
         # A set per account and day (a handful of merchants): countDistinct would expand
         # every row once per distinct aggregate and shuffle them again.
-        F.size(F.collect_set(names.MERCHANT_ID)).alias("daily_distinct_merchants"),
-        F.count(F.when(_is_night(), 1)).alias("daily_night_count"),
+        F.size(F.collect_set(names.MERCHANT_ID)).alias(names.DAILY_DISTINCT_MERCHANTS),
+        F.count(F.when(_is_night(), 1)).alias(names.DAILY_NIGHT_COUNT),
     )
     last_day = tx.agg(F.max(names.TRANSACTION_DATE).alias("_last"))
     calendar = (
@@ -94,10 +60,10 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
             F.explode(F.sequence("_first", "_last")).alias(names.TRANSACTION_DATE),
         )
     )
-    zero_when_idle = {
-        c: 0 for c in DAILY_FEATURES if c != "daily_average_amount" and c != "daily_max_amount"
-    }
-    dense = calendar.join(daily, list(FEATURE_KEYS), "left").fillna(zero_when_idle)
+    # Idle days count nothing; their average and maximum amounts stay null.
+    undefined_when_idle = (names.DAILY_AVERAGE_AMOUNT, names.DAILY_MAX_AMOUNT)
+    zero_when_idle = {c: 0 for c in names.DAILY_FEATURES if c not in undefined_when_idle}
+    dense = calendar.join(daily, list(names.FEATURE_KEYS), "left").fillna(zero_when_idle)
 
     def last(n):
         return (
@@ -106,24 +72,26 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
             .rowsBetween(-(n - 1), 0)
         )
 
-    count_7d = F.sum("daily_transaction_count").over(last(7))
-    count_30d = F.sum("daily_transaction_count").over(last(30))
-    features = dense.select(
-        *FEATURE_KEYS,
-        *DAILY_FEATURES,
-        count_7d.alias("txn_count_7d"),
-        F.round(F.sum("daily_total_amount").over(last(7)), 2).alias("amount_sum_7d"),
-        F.coalesce(F.max("daily_max_amount").over(last(7)), F.lit(0.0)).alias("amount_max_7d"),
-        F.round(
-            F.coalesce(
-                F.try_divide(F.sum("daily_night_count").over(last(7)), count_7d), F.lit(0.0)
-            ),
-            4,
-        ).alias("night_share_7d"),
-        count_30d.alias("txn_count_30d"),
-        F.round(F.try_divide(F.sum("daily_total_amount").over(last(30)), count_30d), 4).alias(
-            "amount_avg_30d"
+    def total(column, n):
+        return F.sum(column).over(last(n))
+
+    count_7d = total(names.DAILY_TRANSACTION_COUNT, 7)
+    count_30d = total(names.DAILY_TRANSACTION_COUNT, 30)
+    night_share_7d = F.try_divide(total(names.DAILY_NIGHT_COUNT, 7), count_7d)
+    rolling = {
+        names.TXN_COUNT_7D: count_7d,
+        names.AMOUNT_SUM_7D: F.round(total(names.DAILY_TOTAL_AMOUNT, 7), 2),
+        names.AMOUNT_MAX_7D: F.coalesce(F.max(names.DAILY_MAX_AMOUNT).over(last(7)), F.lit(0.0)),
+        names.NIGHT_SHARE_7D: F.round(F.coalesce(night_share_7d, F.lit(0.0)), 4),
+        names.TXN_COUNT_30D: count_30d,
+        names.AMOUNT_AVG_30D: F.round(
+            F.try_divide(total(names.DAILY_TOTAL_AMOUNT, 30), count_30d), 4
         ),
+    }
+    features = dense.select(
+        *names.FEATURE_KEYS,
+        *names.DAILY_FEATURES,
+        *[rolling[c].alias(c) for c in names.ROLLING_FEATURES],
     )
     return features.select([F.col(f.name).cast(f.dataType) for f in FEATURES_SCHEMA])
 
@@ -145,28 +113,32 @@ def transaction_features(transactions: DataFrame, features: DataFrame) -> DataFr
     history = features.select(
         names.ACCOUNT_ID,
         F.col(names.TRANSACTION_DATE).alias(as_of),
-        F.col("daily_transaction_count").alias("prev_day_count"),
-        *[c for c in ROLLING_FEATURES],
+        F.col(names.DAILY_TRANSACTION_COUNT).alias(names.PREV_DAY_COUNT),
+        *names.ROLLING_FEATURES,
     )
     joined = tx.join(history, [names.ACCOUNT_ID, as_of], "left")
     amount = F.col(names.AMOUNT)
+
+    def or_zero(column):
+        return F.coalesce(F.col(column), F.lit(0))
+
     # An account without history gets neutral values: no activity, typical amount.
-    typical = F.coalesce(F.col("amount_avg_30d"), amount)
+    typical = F.coalesce(F.col(names.AMOUNT_AVG_30D), amount)
     inputs = {
-        "amount_log": F.log1p(amount),
-        "amount_vs_30d_avg": F.log((amount + 1) / (typical + 1)),
-        "is_night": _is_night().cast("double"),
-        "prev_day_count": F.coalesce("prev_day_count", F.lit(0)).cast("double"),
-        "txn_count_7d": F.coalesce("txn_count_7d", F.lit(0)).cast("double"),
-        "amount_sum_7d_log": F.log1p(F.coalesce("amount_sum_7d", F.lit(0.0))),
-        "amount_max_7d_log": F.log1p(F.coalesce("amount_max_7d", F.lit(0.0))),
-        "night_share_7d": F.coalesce("night_share_7d", F.lit(0.0)),
-        "txn_count_30d": F.coalesce("txn_count_30d", F.lit(0)).cast("double"),
+        names.AMOUNT_LOG: F.log1p(amount),
+        names.AMOUNT_VS_30D_AVG: F.log((amount + 1) / (typical + 1)),
+        names.IS_NIGHT: _is_night().cast("double"),
+        names.PREV_DAY_COUNT: or_zero(names.PREV_DAY_COUNT).cast("double"),
+        names.TXN_COUNT_7D: or_zero(names.TXN_COUNT_7D).cast("double"),
+        names.AMOUNT_SUM_7D_LOG: F.log1p(F.coalesce(names.AMOUNT_SUM_7D, F.lit(0.0))),
+        names.AMOUNT_MAX_7D_LOG: F.log1p(F.coalesce(names.AMOUNT_MAX_7D, F.lit(0.0))),
+        names.NIGHT_SHARE_7D: F.coalesce(names.NIGHT_SHARE_7D, F.lit(0.0)),
+        names.TXN_COUNT_30D: or_zero(names.TXN_COUNT_30D).cast("double"),
     }
     return joined.select(
         *transactions.columns,
         names.TRANSACTION_DATE,
-        *[inputs[c].alias(c) for c in NUMERIC_INPUTS],
+        *[inputs[c].alias(c) for c in names.NUMERIC_INPUTS],
     )
 
 

@@ -12,7 +12,7 @@ from pyspark.sql import functions as F
 
 from workbook import lakehouse, names
 from workbook.features import as_of_date, transaction_features
-from workbook.train import SCORE, score
+from workbook.train import score
 
 PREDICTION_COLUMNS = (
     names.TRANSACTION_ID,
@@ -21,9 +21,9 @@ PREDICTION_COLUMNS = (
     names.AMOUNT,
     names.CURRENCY,
     names.TRANSACTION_TYPE,
-    "is_fraud_prediction",
-    SCORE,
-    "inference_timestamp",
+    names.IS_FRAUD_PREDICTION,
+    names.PREDICTION_SCORE,
+    names.INFERENCE_TIMESTAMP,
 )
 log = logging.getLogger(__name__)
 # A live micro-batch (a few thousand rows) is scored and written as one task and one file; a
@@ -36,9 +36,9 @@ def predictions(model: PipelineModel, transactions: DataFrame, features: DataFra
     scored = score(model, transaction_features(transactions, features))
     return scored.select(
         *PREDICTION_COLUMNS[:6],
-        F.col("prediction").cast("int").alias("is_fraud_prediction"),
-        SCORE,
-        F.current_timestamp().alias("inference_timestamp"),
+        F.col(names.PREDICTION).cast("int").alias(names.IS_FRAUD_PREDICTION),
+        names.PREDICTION_SCORE,
+        F.current_timestamp().alias(names.INFERENCE_TIMESTAMP),
     )
 
 

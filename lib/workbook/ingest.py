@@ -15,32 +15,16 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from workbook import lakehouse, names, sources
+from workbook.contract import (
+    EVENT_FIELDS,
+    KNOWN_CURRENCIES,
+    MAX_AMOUNT,
+    MAX_EVENT_BYTES,
+    REQUIRED_FIELDS,
+)
 from workbook.lakehouse import ensure_table, merge_new_rows
 
-EVENT_FIELDS = (
-    names.TRANSACTION_ID,
-    names.TIMESTAMP,
-    names.ACCOUNT_ID,
-    names.AMOUNT,
-    names.CURRENCY,
-    names.TRANSACTION_TYPE,
-    names.MERCHANT_ID,
-    names.CATEGORY,
-    names.IS_FLAGGED,
-)
-REQUIRED_FIELDS = (
-    names.TRANSACTION_ID,
-    names.TIMESTAMP,
-    names.ACCOUNT_ID,
-    names.AMOUNT,
-    names.CURRENCY,
-)
 TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"
-MAX_AMOUNT = 1_000_000.0
-MAX_EVENT_BYTES = 16_384
-BATCH_ID = "ingest_batch_id"
-RECORD_ID = "record_id"
-REASON = "reason"
 
 # Every field is read as text first, so a wrong type is reported as such, not nulled.
 CORRUPT = "_corrupt_record"
@@ -56,16 +40,16 @@ RAW_SCHEMA = T.StructType(
         T.StructField(names.MERCHANT_ID, T.StringType()),
         T.StructField(names.CATEGORY, T.StringType()),
         T.StructField(names.IS_FLAGGED, T.BooleanType()),
-        T.StructField(BATCH_ID, T.LongType(), False),
+        T.StructField(names.BATCH_ID, T.LongType(), False),
     ]
 )
 QUARANTINE_SCHEMA = T.StructType(
     [
-        T.StructField(RECORD_ID, T.StringType(), False),
-        T.StructField(REASON, T.StringType(), False),
+        T.StructField(names.RECORD_ID, T.StringType(), False),
+        T.StructField(names.REASON, T.StringType(), False),
         T.StructField(names.TRANSACTION_ID, T.StringType()),
-        T.StructField("raw_value", T.StringType()),
-        T.StructField(BATCH_ID, T.LongType(), False),
+        T.StructField(names.RAW_VALUE, T.StringType()),
+        T.StructField(names.BATCH_ID, T.LongType(), False),
     ]
 )
 LABELS_SCHEMA = T.StructType(
@@ -86,12 +70,12 @@ def _first_failure(rules: list[tuple[str, Column]]) -> Column:
 
 def parse_and_validate(events: DataFrame) -> DataFrame:
     """Typed event columns, ``record_id`` and ``reason`` (null for a valid event) from ``value``."""
-    text = F.col("value")
+    text = F.col(names.VALUE)
     # `inline` parses each event once; a plain select of "e.*" would be collapsed by the
     # optimizer into one JSON parse per field.
     parsed = events.select(
         text,
-        F.sha2(text, 256).alias(RECORD_ID),
+        F.sha2(text, 256).alias(names.RECORD_ID),
         F.inline(F.array(F.from_json(text, TEXT_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT}))),
     )
     # Typed once, in their own projection, so that every rule reads the same parsed value.
@@ -118,16 +102,16 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
             | (F.abs(amount) == float("inf"))
             | (amount > MAX_AMOUNT),
         ),
-        ("unknown_currency", ~F.col(names.CURRENCY).isin(*names.KNOWN_CURRENCIES)),
+        ("unknown_currency", ~F.col(names.CURRENCY).isin(*KNOWN_CURRENCIES)),
         ("invalid_timestamp", timestamp.isNull()),
         ("future_timestamp", timestamp > F.current_timestamp()),
     ]
     as_typed = {names.AMOUNT: amount, names.IS_FLAGGED: flagged, names.TIMESTAMP: timestamp}
     return typed.select(
-        "value",
-        RECORD_ID,
+        names.VALUE,
+        names.RECORD_ID,
         *[as_typed.get(f, F.col(f)).alias(f) for f in EVENT_FIELDS],
-        _first_failure(rules).alias(REASON),
+        _first_failure(rules).alias(names.REASON),
     )
 
 
@@ -138,17 +122,19 @@ def mark_duplicates(checked: DataFrame, existing_ids: DataFrame, batch_id: int) 
     this same batch id are a retry of this batch, not duplicates.
     """
     # Rank valid rows among themselves: a refused copy must not push the valid one out.
-    first = Window.partitionBy(names.TRANSACTION_ID, F.col(REASON).isNull()).orderBy(RECORD_ID)
-    earlier = existing_ids.filter(F.col(BATCH_ID) != batch_id).select(
+    first = Window.partitionBy(names.TRANSACTION_ID, F.col(names.REASON).isNull()).orderBy(
+        names.RECORD_ID
+    )
+    earlier = existing_ids.filter(F.col(names.BATCH_ID) != batch_id).select(
         names.TRANSACTION_ID, F.lit(True).alias("_seen")
     )
     ranked = checked.withColumn(
-        "_rank", F.when(F.col(REASON).isNull(), F.row_number().over(first))
+        "_rank", F.when(F.col(names.REASON).isNull(), F.row_number().over(first))
     ).join(earlier, names.TRANSACTION_ID, "left")
     duplicate = (F.col("_rank") > 1) | F.col("_seen").isNotNull()
     return ranked.withColumn(
-        REASON,
-        F.coalesce(F.col(REASON), F.when(duplicate, F.lit("duplicate_transaction_id"))),
+        names.REASON,
+        F.coalesce(F.col(names.REASON), F.when(duplicate, F.lit("duplicate_transaction_id"))),
     ).drop("_rank", "_seen")
 
 
@@ -173,23 +159,27 @@ def ingest_batch(
     """
     spark = batch.sparkSession
     query_id = json.loads(lakehouse.read_text(spark, f"{checkpoint}/metadata"))["id"]
-    existing = spark.read.format("delta").load(raw_path).select(names.TRANSACTION_ID, BATCH_ID)
+    existing = (
+        spark.read.format("delta").load(raw_path).select(names.TRANSACTION_ID, names.BATCH_ID)
+    )
     checked = mark_duplicates(parse_and_validate(batch), existing, batch_id)
-    checked = checked.withColumn(BATCH_ID, F.lit(batch_id).cast("long")).persist()
+    checked = checked.withColumn(names.BATCH_ID, F.lit(batch_id).cast("long")).persist()
     try:
-        valid = checked.filter(F.col(REASON).isNull()).select(*RAW_SCHEMA.fieldNames())
-        refused = checked.filter(F.col(REASON).isNotNull()).select(
-            RECORD_ID,
-            REASON,
+        valid = checked.filter(F.col(names.REASON).isNull()).select(*RAW_SCHEMA.fieldNames())
+        refused = checked.filter(F.col(names.REASON).isNotNull()).select(
+            names.RECORD_ID,
+            names.REASON,
             names.TRANSACTION_ID,
             # Readable by any client; the record id still identifies the original bytes.
-            F.make_valid_utf8("value").alias("raw_value"),
-            BATCH_ID,
+            F.make_valid_utf8(names.VALUE).alias(names.RAW_VALUE),
+            names.BATCH_ID,
         )
         # A replay (a new checkpoint over old input) must not add what is already stored.
         valid = valid.join(existing.select(names.TRANSACTION_ID), names.TRANSACTION_ID, "left_anti")
-        stored = spark.read.format("delta").load(quarantine_path).select(RECORD_ID, REASON)
-        refused = refused.join(stored, [RECORD_ID, REASON], "left_anti")
+        stored = (
+            spark.read.format("delta").load(quarantine_path).select(names.RECORD_ID, names.REASON)
+        )
+        refused = refused.join(stored, [names.RECORD_ID, names.REASON], "left_anti")
         append_once(valid, raw_path, f"{query_id}-raw", batch_id)
         append_once(refused, quarantine_path, f"{query_id}-quarantine", batch_id)
     finally:
@@ -261,4 +251,4 @@ def write_labels(spark: SparkSession, labels, path: str) -> None:
 
 
 def quarantine_summary(spark: SparkSession, path: str) -> DataFrame:
-    return spark.read.format("delta").load(path).groupBy(REASON).count().orderBy(REASON)
+    return spark.read.format("delta").load(path).groupBy(names.REASON).count().orderBy(names.REASON)

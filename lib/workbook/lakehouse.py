@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from workbook import names, simulator
+from typing import TYPE_CHECKING
+
+from workbook import names
 from workbook.config import get_settings
 
+if TYPE_CHECKING:  # the simulator (numpy, pandas) is imported only where a manifest is read
+    from workbook.simulator import SimulationConfig
 
-def location(table: tuple[str, str]) -> str:
+
+def location(table: names.Location) -> str:
     """The path of a (bucket, name) location in the active profile."""
     return get_settings().location(table)
 
@@ -41,14 +46,15 @@ def read_text(spark, path: str) -> str:
     return "\n".join(spark.sparkContext.textFile(path, 1).collect())
 
 
-def save_simulation(spark, config: simulator.SimulationConfig) -> None:
+def save_simulation(spark, config: SimulationConfig) -> None:
     """Record the simulated period beside the raw events: later notebooks read it from here."""
     write_text(spark, location(names.SIMULATION_MANIFEST), config.to_json())
 
 
-def load_simulation(spark) -> simulator.SimulationConfig:
-    text = read_text(spark, location(names.SIMULATION_MANIFEST))
-    return simulator.SimulationConfig.from_json(text)
+def load_simulation(spark) -> SimulationConfig:
+    from workbook.simulator import SimulationConfig
+
+    return SimulationConfig.from_json(read_text(spark, location(names.SIMULATION_MANIFEST)))
 
 
 def exists(spark, path: str) -> bool:
@@ -69,8 +75,21 @@ def table_version(spark, path: str) -> int:
     Spark job: the scoring stream asks it at every micro-batch.
     """
     fs, commits = _fs_path(spark, f"{path}/_delta_log/*.json")
-    names = (status.getPath().getName().removesuffix(".json") for status in fs.globStatus(commits))
-    return max(int(name) for name in names if name.isdigit())
+    stems = (status.getPath().getName().removesuffix(".json") for status in fs.globStatus(commits))
+    return max(int(stem) for stem in stems if stem.isdigit())
+
+
+def table_versions(spark, tables) -> dict[str, int]:
+    """The latest version of each table, by table name: what a job that reads them pins."""
+    return {table.name: table_version(spark, location(table)) for table in tables}
+
+
+def read_table(spark, table: names.Location, version: int | None = None):
+    """A Delta table as of ``version`` (time travel), or its latest version."""
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(location(table))
 
 
 def history(spark, path: str, limit: int = 10):

@@ -13,17 +13,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
-import pandas as pd
 
 from workbook import names
-from workbook.features import NIGHT_END_HOUR, NUMERIC_INPUTS
-from workbook.store import DATE_COLUMN
 
 ARTIFACT_FILE = "scoring.json"
 ARTIFACT_FORMAT = "workbook-logistic-pipeline/1"
@@ -290,9 +287,12 @@ class ScoringModel:
             parts.append(np.array([float(value)]))
         return np.concatenate(parts)
 
-    def probabilities(self, rows: pd.DataFrame | Sequence[Mapping]) -> np.ndarray:
-        """The probability of fraud of each row (Spark's ``probability[1]``)."""
-        records = rows.to_dict("records") if isinstance(rows, pd.DataFrame) else list(rows)
+    def probabilities(self, rows) -> np.ndarray:
+        """The probability of fraud of each row (Spark's ``probability[1]``).
+
+        ``rows``: a pandas frame, or a sequence of mappings.
+        """
+        records = rows.to_dict("records") if hasattr(rows, "to_dict") else list(rows)
         if not records:
             return np.empty(0)
         features = np.vstack([self.vector(r) for r in records])
@@ -314,7 +314,7 @@ def _utc(timestamp) -> datetime:
     """A timestamp as aware UTC; a naive one is read as UTC, Spark's session time zone."""
     if isinstance(timestamp, str):
         timestamp = datetime.fromisoformat(timestamp)
-    if isinstance(timestamp, pd.Timestamp):
+    if hasattr(timestamp, "to_pydatetime"):  # a pandas Timestamp
         timestamp = timestamp.to_pydatetime()
     if timestamp.tzinfo is None:
         return timestamp.replace(tzinfo=UTC)
@@ -322,7 +322,7 @@ def _utc(timestamp) -> datetime:
 
 
 def _as_date(value) -> date:
-    if isinstance(value, datetime | pd.Timestamp):
+    if isinstance(value, datetime):  # pandas' Timestamp is one too
         return value.date()
     if isinstance(value, str):
         return date.fromisoformat(value)
@@ -341,7 +341,7 @@ def history_status(timestamp, account_row: Mapping | None) -> str:
     if account_row is None:
         return UNKNOWN_ACCOUNT
     day = _utc(timestamp).date()
-    row_day = _as_date(account_row[DATE_COLUMN])
+    row_day = _as_date(account_row[names.FEATURE_DATE])
     if row_day == day - timedelta(days=1):
         return PREVIOUS_DAY
     if row_day < day:
@@ -375,19 +375,19 @@ def transaction_inputs(transaction: Mapping, account_row: Mapping | None) -> dic
     timestamp = _utc(transaction[names.TIMESTAMP])
     history = account_row if history_status(timestamp, account_row) == PREVIOUS_DAY else {}
     amount = float(transaction[names.AMOUNT])
-    typical = float(_coalesce(history.get("amount_avg_30d"), amount))
+    typical = float(_coalesce(history.get(names.AMOUNT_AVG_30D), amount))
     inputs = {
-        "amount_log": _log1p(amount),
-        "amount_vs_30d_avg": _log((amount + 1) / (typical + 1)),
-        "is_night": float(timestamp.hour < NIGHT_END_HOUR),
-        "prev_day_count": float(_coalesce(history.get("daily_transaction_count"), 0)),
-        "txn_count_7d": float(_coalesce(history.get("txn_count_7d"), 0)),
-        "amount_sum_7d_log": _log1p(float(_coalesce(history.get("amount_sum_7d"), 0.0))),
-        "amount_max_7d_log": _log1p(float(_coalesce(history.get("amount_max_7d"), 0.0))),
-        "night_share_7d": float(_coalesce(history.get("night_share_7d"), 0.0)),
-        "txn_count_30d": float(_coalesce(history.get("txn_count_30d"), 0)),
+        names.AMOUNT_LOG: _log1p(amount),
+        names.AMOUNT_VS_30D_AVG: _log((amount + 1) / (typical + 1)),
+        names.IS_NIGHT: float(timestamp.hour < names.NIGHT_END_HOUR),
+        names.PREV_DAY_COUNT: float(_coalesce(history.get(names.DAILY_TRANSACTION_COUNT), 0)),
+        names.TXN_COUNT_7D: float(_coalesce(history.get(names.TXN_COUNT_7D), 0)),
+        names.AMOUNT_SUM_7D_LOG: _log1p(float(_coalesce(history.get(names.AMOUNT_SUM_7D), 0.0))),
+        names.AMOUNT_MAX_7D_LOG: _log1p(float(_coalesce(history.get(names.AMOUNT_MAX_7D), 0.0))),
+        names.NIGHT_SHARE_7D: float(_coalesce(history.get(names.NIGHT_SHARE_7D), 0.0)),
+        names.TXN_COUNT_30D: float(_coalesce(history.get(names.TXN_COUNT_30D), 0)),
     }
-    return {c: inputs[c] for c in NUMERIC_INPUTS}
+    return {c: inputs[c] for c in names.NUMERIC_INPUTS}
 
 
 def score_transaction(
@@ -409,7 +409,7 @@ def score_transaction(
         "threshold": model.threshold,
         "model_version": model.version,
         "history": status,
-        "features_date": None if account_row is None else _as_date(account_row[DATE_COLUMN]),
+        "features_date": None if account_row is None else _as_date(account_row[names.FEATURE_DATE]),
         "note": notes.get(status),
         "inputs": inputs,
     }

@@ -1,35 +1,26 @@
 """The real-time scoring service: online features and fraud scores over HTTP.
 
-Run it with ``python -m workbook.serving --host 127.0.0.1 --port 8000``, or from a notebook
-with ``start_service()``. It reads PostgreSQL as the read-only role through a connection
-pool opened at startup, and scores with the model exported beside the trained pipeline
-(``scoring.ScoringModel``), so a transaction gets the same score as in batch or streaming.
-Handlers are plain functions: FastAPI runs them in its thread pool, so the blocking
-database calls never stall the event loop.
+Run it with ``python -m workbook.serving --host 127.0.0.1 --port 8000``, or beside a
+notebook with ``launcher.start_service()``. It reads PostgreSQL as the read-only role
+through a connection pool opened at startup, and scores with the model exported beside the
+trained pipeline (``scoring.ScoringModel``), so a transaction gets the same score as in
+batch or streaming. Handlers are plain functions: FastAPI runs them in its thread pool, so
+the blocking database calls never stall the event loop. It imports no Spark: a process
+that never starts a JVM starts fast and stays small.
 """
 
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
-import http.client
-import json
 import math
 import os
 import signal
-import subprocess
-import sys
 import threading
-import time
-from collections.abc import Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, date, datetime
-from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlparse
 
-import numpy as np
 import psycopg2.errors
 from fastapi import FastAPI, HTTPException
 from fastapi import Path as PathParam
@@ -40,14 +31,9 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, 
 from starlette.concurrency import run_in_threadpool
 
 from workbook import lakehouse, names, scoring, store
-from workbook.config import MissingSettingError, get_settings, load_dotenv
-from workbook.features import FEATURES_SCHEMA, NUMERIC_INPUTS
-from workbook.ingest import MAX_AMOUNT
+from workbook.config import MissingSettingError, load_dotenv
+from workbook.contract import ACCOUNT_ID_PATTERN, KNOWN_CURRENCIES, MAX_AMOUNT, TEXT_LIMIT
 
-# The simulator's account ids: "ACC" and a zero-padded number. Anything else is refused
-# before it reaches the database.
-ACCOUNT_ID_PATTERN = r"^ACC[0-9]{6,9}$"
-TEXT_LIMIT = 128
 MAX_BATCH = 100  # accounts per POST /features/batch: one query, a bounded answer
 
 
@@ -59,14 +45,14 @@ class Transaction(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "transaction_id": "TX-0001",
-                    "timestamp": "2025-01-31T02:15:00Z",
-                    "account_id": "ACC000042",
-                    "amount": 950.0,
-                    "currency": "EUR",
-                    "transaction_type": "online",
-                    "merchant_id": "M000123",
-                    "category": "electronics",
+                    names.TRANSACTION_ID: "TX-0001",
+                    names.TIMESTAMP: "2025-01-31T02:15:00Z",
+                    names.ACCOUNT_ID: "ACC000042",
+                    names.AMOUNT: 950.0,
+                    names.CURRENCY: "EUR",
+                    names.TRANSACTION_TYPE: "online",
+                    names.MERCHANT_ID: "M000123",
+                    names.CATEGORY: "electronics",
                 }
             ]
         },
@@ -76,13 +62,13 @@ class Transaction(BaseModel):
     timestamp: AwareDatetime
     account_id: str = Field(pattern=ACCOUNT_ID_PATTERN)
     amount: float = Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)
-    currency: Literal[names.KNOWN_CURRENCIES]
+    currency: Literal[KNOWN_CURRENCIES]
     transaction_type: str | None = Field(None, max_length=TEXT_LIMIT)
     merchant_id: str | None = Field(None, max_length=TEXT_LIMIT)
     category: str | None = Field(None, max_length=TEXT_LIMIT)
     is_flagged: bool | None = None
 
-    @field_validator("timestamp")
+    @field_validator(names.TIMESTAMP)
     @classmethod
     def not_in_the_future(cls, value: datetime) -> datetime:
         if value > datetime.now(UTC):
@@ -104,19 +90,17 @@ Score = create_model(
     ),
     features_date=(date | None, ...),
     note=(str | None, None),
-    inputs=(dict[str, float], Field(description=f"model inputs: {', '.join(NUMERIC_INPUTS)}")),
+    inputs=(
+        dict[str, float],
+        Field(description=f"model inputs: {', '.join(names.NUMERIC_INPUTS)}"),
+    ),
 )
-_PYTHON_TYPES = {"string": str, "date": date, "bigint": int, "double": float}
 AccountFeatures = create_model(
     "AccountFeatures",
+    **{names.ACCOUNT_ID: (str, ...), names.FEATURE_DATE: (date, ...)},
     **{
-        (store.DATE_COLUMN if f.name == names.TRANSACTION_DATE else f.name): (
-            _PYTHON_TYPES[f.dataType.simpleString()] | None
-            if f.nullable
-            else _PYTHON_TYPES[f.dataType.simpleString()],
-            ...,
-        )
-        for f in FEATURES_SCHEMA
+        c: ((int if c in names.COUNT_FEATURES else float) | None, ...)
+        for c in names.FEATURE_COLUMNS
     },
 )
 AccountId = Annotated[str, PathParam(pattern=ACCOUNT_ID_PATTERN, examples=["ACC000042"])]
@@ -270,8 +254,8 @@ def create_app(model_location: str | None = None, conninfo: str | None = None) -
         except scoring.PointInTimeError as error:
             raise HTTPException(409, str(error)) from None
         return {
-            "transaction_id": transaction.transaction_id,
-            "account_id": transaction.account_id,
+            names.TRANSACTION_ID: transaction.transaction_id,
+            names.ACCOUNT_ID: transaction.account_id,
             **result,
         }
 
@@ -287,199 +271,6 @@ def _finite(value):
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}
     return value
-
-
-# -- running it beside a notebook --------------------------------------------------------------
-
-
-class RunningService:
-    """A service started by ``start_service``: its base URL, and ``stop()``."""
-
-    def __init__(self, process: subprocess.Popen, url: str, log_path: Path):
-        self.process, self.url, self.log_path = process, url, log_path
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (the pool closes, the embedded server's handle is released)."""
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
-
-    def __repr__(self) -> str:
-        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
-        return f"RunningService({self.url}, pid {self.process.pid}, {state})"
-
-
-def _free_port(host: str) -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
-def start_service(
-    host: str = "127.0.0.1",
-    port: int = 0,
-    model_location: str | None = None,
-    timeout: float = 60.0,
-) -> RunningService:
-    """Start the service in its own process and wait until /health answers 200.
-
-    Its own process, so its request handling does not compete with the notebook for the
-    interpreter lock. ``port=0`` picks a free port. Its log goes to
-    ``<lakehouse>/_logs/serving.log``. Raises with the service's reason if it cannot serve.
-    """
-    port = port or _free_port(host)
-    log_path = get_settings().lakehouse / "_logs" / "serving.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "workbook.serving", "--host", host, "--port", str(port)]
-    if model_location:
-        command += ["--model", model_location]
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    running = RunningService(process, f"http://{host}:{port}", log_path)
-    atexit.register(running.stop)  # a kernel that exits does not leave the service behind
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            tail = log_path.read_text(errors="replace").splitlines()[-15:]
-            raise RuntimeError("the scoring service exited:\n" + "\n".join(tail))
-        try:
-            status, body = _request(running.url, "GET", "/health")
-        except OSError:
-            time.sleep(0.2)
-            continue
-        if status == 200:
-            return running
-        running.stop()
-        raise store.StoreUnavailableError(json.loads(body).get("detail", body.decode()))
-    running.stop()
-    raise TimeoutError(f"the scoring service did not answer within {timeout:.0f} s; see {log_path}")
-
-
-def _request(base_url: str, method: str, path: str, body: bytes | None = None):
-    parsed = urlparse(base_url)
-    conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=5)
-    try:
-        conn.request(method, path, body, {"Content-Type": "application/json"})
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-# -- latency ------------------------------------------------------------------------------------
-
-
-def _timed(call, items: Sequence, n: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    chosen = rng.integers(0, len(items), n)
-    out = np.empty(n)
-    for i, k in enumerate(chosen):
-        start = time.perf_counter_ns()
-        call(items[k])
-        out[i] = (time.perf_counter_ns() - start) / 1e6
-    return out
-
-
-class _Client:
-    """One keep-alive HTTP connection, as a service's client would hold."""
-
-    def __init__(self, base_url: str):
-        parsed = urlparse(base_url)
-        self._conn = http.client.HTTPConnection(parsed.hostname, parsed.port, timeout=10)
-
-    def call(self, method: str, path: str, body: bytes | None = None, ok=(200,)) -> bytes:
-        self._conn.request(method, path, body, {"Content-Type": "application/json"})
-        response = self._conn.getresponse()
-        data = response.read()
-        if response.status not in ok:
-            raise RuntimeError(f"{method} {path}: HTTP {response.status} {data[:200]!r}")
-        return data
-
-    def get(self, path: str) -> bytes:
-        return self.call("GET", path, ok=(200, 404))  # an unknown account is an answer too
-
-    def close(self) -> None:
-        self._conn.close()
-
-
-def http_latencies_ms(
-    base_url: str, account_ids: Sequence[str], n: int = 2000, seed: int = 0
-) -> np.ndarray:
-    """Time ``n`` GET /features lookups of randomly chosen accounts, in milliseconds.
-
-    The HTTP twin of ``store.lookup_latencies_ms``: one keep-alive connection, one request
-    at a time, so the difference is what HTTP, JSON and the framework add.
-    """
-    client = _Client(base_url)
-    try:
-        return _timed(lambda a: client.get(f"/features/{a}"), list(account_ids), n, seed)
-    finally:
-        client.close()
-
-
-def http_batch_latencies_ms(
-    base_url: str, account_ids: Sequence[str], batch: int = MAX_BATCH, n: int = 200, seed: int = 0
-) -> np.ndarray:
-    """Time ``n`` POST /features/batch lookups of ``batch`` randomly chosen accounts each."""
-    rng = np.random.default_rng(seed)
-    ids = np.asarray(account_ids)
-    bodies = [
-        json.dumps({"account_ids": rng.choice(ids, batch, replace=False).tolist()}).encode()
-        for _ in range(n)
-    ]
-    client = _Client(base_url)
-    try:
-        return _timed(lambda b: client.call("POST", "/features/batch", b), bodies, n, seed)
-    finally:
-        client.close()
-
-
-def _jsonable(value):
-    """A transaction's field as JSON holds it: times as ISO text, numpy scalars as Python's."""
-    if isinstance(value, date):
-        return value.isoformat()
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def http_score_latencies_ms(
-    base_url: str, transactions: Sequence[dict], n: int = 2000, seed: int = 0
-) -> np.ndarray:
-    """Time ``n`` POST /score calls on randomly chosen transactions, in milliseconds."""
-    bodies = [json.dumps({k: _jsonable(v) for k, v in t.items()}).encode() for t in transactions]
-    client = _Client(base_url)
-    try:
-        return _timed(lambda b: client.call("POST", "/score", b), bodies, n, seed)
-    finally:
-        client.close()
-
-
-def score_latencies_ms(
-    online: store.FeatureStore,
-    model: scoring.ScoringModel,
-    transactions: Sequence[dict],
-    n: int = 2000,
-    seed: int = 0,
-) -> np.ndarray:
-    """The in-process twin of ``http_score_latencies_ms``: lookup, inputs and score, no HTTP."""
-
-    def one(transaction: dict) -> None:
-        scoring.score_transaction(
-            model, transaction, online.get_features(transaction[names.ACCOUNT_ID])
-        )
-
-    return _timed(one, list(transactions), n, seed)
 
 
 def _exit_normally(signum, frame) -> None:

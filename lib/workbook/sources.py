@@ -150,5 +150,5 @@ def kafka_stream(spark: SparkSession) -> DataFrame:
         .option("subscribe", names.TRANSACTIONS_TOPIC)
         .option("startingOffsets", "earliest")
         .load()
-        .select(F.col("value").cast("string").alias("value"))
+        .select(F.col(names.VALUE).cast("string").alias(names.VALUE))
     )

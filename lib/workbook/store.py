@@ -13,12 +13,10 @@ from __future__ import annotations
 import io
 import os
 import threading
-import time
 import warnings
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
-import numpy as np
-import pandas as pd
 import psycopg2
 from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
@@ -26,7 +24,9 @@ from psycopg2.pool import ThreadedConnectionPool
 
 from workbook import names
 from workbook.config import get_settings, required
-from workbook.features import FEATURE_COLUMNS, FEATURES_SCHEMA
+
+if TYPE_CHECKING:  # pandas is for the writer and tools; lookups (the service) need none
+    import pandas as pd
 
 WRITER, READER = "writer", "reader"
 # The stack's roles come from these variables (user, password); see .env.example.
@@ -39,9 +39,7 @@ SETUP_LOCK = 7_040_501  # any constant: the advisory lock that serializes create
 
 TABLE = names.ONLINE_FEATURES_TABLE
 STAGING = f"{TABLE}_staging"
-DATE_COLUMN = "feature_date"
-COLUMNS = (names.ACCOUNT_ID, DATE_COLUMN, *FEATURE_COLUMNS)
-_SQL_TYPES = {"string": "TEXT", "date": "DATE", "bigint": "BIGINT", "double": "DOUBLE PRECISION"}
+COLUMNS = (names.ACCOUNT_ID, names.FEATURE_DATE, *names.FEATURE_COLUMNS)
 
 
 class StoreUnavailableError(RuntimeError):
@@ -49,9 +47,12 @@ class StoreUnavailableError(RuntimeError):
 
 
 def _column_types() -> dict[str, str]:
-    types = {f.name: _SQL_TYPES[f.dataType.simpleString()] for f in FEATURES_SCHEMA}
-    types[DATE_COLUMN] = types.pop(names.TRANSACTION_DATE)
-    return {c: types[c] for c in COLUMNS}
+    """The online table's SQL types, as the offline table's (``features.FEATURES_SCHEMA``)."""
+    keys = {names.ACCOUNT_ID: "TEXT", names.FEATURE_DATE: "DATE"}
+    return keys | {
+        c: "BIGINT" if c in names.COUNT_FEATURES else "DOUBLE PRECISION"
+        for c in names.FEATURE_COLUMNS
+    }
 
 
 def _local_server():
@@ -149,8 +150,13 @@ def create_tables(conn) -> None:
         cur.execute(
             sql.SQL(
                 "CREATE TABLE IF NOT EXISTS {t} ({cols}, "
-                "last_updated TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY ({key}))"
-            ).format(t=sql.Identifier(TABLE), cols=columns, key=sql.Identifier(names.ACCOUNT_ID))
+                "{updated} TIMESTAMPTZ NOT NULL DEFAULT now(), PRIMARY KEY ({key}))"
+            ).format(
+                t=sql.Identifier(TABLE),
+                cols=columns,
+                updated=sql.Identifier(names.LAST_UPDATED),
+                key=sql.Identifier(names.ACCOUNT_ID),
+            )
         )
         cur.execute(
             sql.SQL("CREATE UNLOGGED TABLE IF NOT EXISTS {s} ({cols})").format(
@@ -196,6 +202,8 @@ def materialize(conn, latest) -> dict[str, int]:
     with COPY. Unchanged rows are not touched, so a rerun reports zero inserted and zero
     updated, and a reader sees either the old or the new row, never a half-written one.
     """
+    import pandas as pd
+
     frame = None
     if isinstance(latest, pd.DataFrame):
         frame = latest
@@ -217,7 +225,7 @@ def materialize(conn, latest) -> dict[str, int]:
         cur.execute(
             sql.SQL(
                 "INSERT INTO {t} AS t ({cols}) SELECT {cols} FROM {s} "
-                "ON CONFLICT ({key}) DO UPDATE SET {updates}, last_updated = now() "
+                "ON CONFLICT ({key}) DO UPDATE SET {updates}, {updated} = now() "
                 "WHERE ({target_row}) IS DISTINCT FROM ({new_row}) "
                 "RETURNING (xmax = 0) AS inserted"
             ).format(
@@ -226,6 +234,7 @@ def materialize(conn, latest) -> dict[str, int]:
                 cols=cols,
                 key=sql.Identifier(names.ACCOUNT_ID),
                 updates=updates,
+                updated=sql.Identifier(names.LAST_UPDATED),
                 target_row=target_row,
                 new_row=new_row,
             )
@@ -240,7 +249,7 @@ def materialize(conn, latest) -> dict[str, int]:
 
 
 def _stage_with_copy(cur, latest: pd.DataFrame) -> int:
-    frame = latest.rename(columns={names.TRANSACTION_DATE: DATE_COLUMN})[list(COLUMNS)]
+    frame = latest.rename(columns={names.TRANSACTION_DATE: names.FEATURE_DATE})[list(COLUMNS)]
     buffer = io.StringIO()
     frame.to_csv(buffer, index=False, header=False, na_rep="\\N")
     buffer.seek(0)
@@ -259,7 +268,7 @@ def _stage_over_jdbc(latest) -> int:
 
     ``truncate`` keeps the table (and its UNLOGGED setting) instead of dropping it.
     """
-    rows = latest.withColumnRenamed(names.TRANSACTION_DATE, DATE_COLUMN).select(*COLUMNS)
+    rows = latest.withColumnRenamed(names.TRANSACTION_DATE, names.FEATURE_DATE).select(*COLUMNS)
     user, password = (required(v) for v in ROLE_VARIABLES[WRITER])
     url = f"jdbc:postgresql://{required('PGHOST')}:{required('PGPORT')}/{required('PGDATABASE')}"
     (
@@ -273,6 +282,8 @@ def _stage_over_jdbc(latest) -> int:
 
 
 def read_all(conn) -> pd.DataFrame:
+    import pandas as pd
+
     with conn.cursor() as cur:
         cur.execute(
             sql.SQL("SELECT {cols} FROM {t} ORDER BY {key}").format(
@@ -372,17 +383,3 @@ class FeatureStore:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def lookup_latencies_ms(
-    store: FeatureStore, account_ids: list[str], n: int = 2000, seed: int = 0
-) -> np.ndarray:
-    """Time ``n`` single-key lookups of randomly chosen accounts, in milliseconds."""
-    rng = np.random.default_rng(seed)
-    keys = rng.choice(np.asarray(account_ids), n)
-    out = np.empty(n)
-    for i, key in enumerate(keys):
-        start = time.perf_counter_ns()
-        store.get_features(str(key))
-        out[i] = (time.perf_counter_ns() - start) / 1e6
-    return out

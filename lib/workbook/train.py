@@ -15,11 +15,12 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from workbook import lakehouse, metrics, names, scoring
-from workbook.features import CATEGORICAL_INPUTS, NUMERIC_INPUTS, transaction_features
+from workbook.features import transaction_features
+from workbook.simulator import SimulationConfig
 
-SCORE = "prediction_score"
-WEIGHT = "class_weight"
 METADATA_FILE = "workbook_metadata.json"
+# The tables a model is trained on, each read at one version (Delta time travel).
+INPUT_TABLES = (names.RAW_TABLE, names.FEATURES_TABLE, names.LABELS_TABLE)
 
 
 def training_set(raw: DataFrame, features: DataFrame, labels: DataFrame) -> DataFrame:
@@ -39,29 +40,29 @@ def with_class_weights(train: DataFrame) -> DataFrame:
     """Weight each class by the inverse of its share, so rare fraud counts as much as the rest."""
     positive_share = train.agg(F.avg(names.LABEL)).first()[0]
     return train.withColumn(
-        WEIGHT,
+        names.CLASS_WEIGHT,
         F.when(F.col(names.LABEL) == 1, 0.5 / positive_share).otherwise(0.5 / (1 - positive_share)),
     )
 
 
 def build_pipeline(reg_param: float = 0.001, max_iter: int = 200) -> Pipeline:
-    indexed = [f"{c}_index" for c in CATEGORICAL_INPUTS]
-    one_hot = [f"{c}_onehot" for c in CATEGORICAL_INPUTS]
+    indexed = [f"{c}_index" for c in names.CATEGORICAL_INPUTS]
+    one_hot = [f"{c}_onehot" for c in names.CATEGORICAL_INPUTS]
     return Pipeline(
         stages=[
             StringIndexer(
-                inputCols=list(CATEGORICAL_INPUTS),
+                inputCols=list(names.CATEGORICAL_INPUTS),
                 outputCols=indexed,
                 handleInvalid="keep",
                 stringOrderType="alphabetAsc",
             ),
             OneHotEncoder(inputCols=indexed, outputCols=one_hot, handleInvalid="keep"),
-            VectorAssembler(inputCols=[*NUMERIC_INPUTS, *one_hot], outputCol="raw_features"),
-            StandardScaler(inputCol="raw_features", outputCol="features", withMean=True),
+            VectorAssembler(inputCols=[*names.NUMERIC_INPUTS, *one_hot], outputCol=names.ASSEMBLED),
+            StandardScaler(inputCol=names.ASSEMBLED, outputCol=names.SCALED, withMean=True),
             LogisticRegression(
-                featuresCol="features",
+                featuresCol=names.SCALED,
                 labelCol=names.LABEL,
-                weightCol=WEIGHT,
+                weightCol=names.CLASS_WEIGHT,
                 regParam=reg_param,
                 maxIter=max_iter,
             ),
@@ -71,11 +72,12 @@ def build_pipeline(reg_param: float = 0.001, max_iter: int = 200) -> Pipeline:
 
 def score(model: PipelineModel, data: DataFrame) -> DataFrame:
     """The model's output plus ``prediction_score``, the probability of fraud."""
-    return model.transform(data).withColumn(SCORE, vector_to_array("probability")[1])
+    probability = vector_to_array(names.PROBABILITY)[1]
+    return model.transform(data).withColumn(names.PREDICTION_SCORE, probability)
 
 
 def scores_and_labels(scored: DataFrame, *columns: str) -> pd.DataFrame:
-    return scored.select(SCORE, names.LABEL, *columns).toPandas()
+    return scored.select(names.PREDICTION_SCORE, names.LABEL, *columns).toPandas()
 
 
 @dataclass
@@ -91,18 +93,56 @@ def evaluate(train_scored: pd.DataFrame, test_scored: pd.DataFrame) -> Evaluatio
 
     The baseline flags amounts above a threshold: what the model adds is the difference.
     """
-    threshold = metrics.best_f1_threshold(train_scored[SCORE], train_scored[names.LABEL])
-    amount_threshold = metrics.best_f1_threshold(
-        train_scored[names.AMOUNT], train_scored[names.LABEL]
-    )
+    score, label = names.PREDICTION_SCORE, names.LABEL
+    threshold = metrics.best_f1_threshold(train_scored[score], train_scored[label])
+    amount_threshold = metrics.best_f1_threshold(train_scored[names.AMOUNT], train_scored[label])
     return Evaluation(
-        model=metrics.evaluate(test_scored[SCORE], test_scored[names.LABEL], threshold),
-        baseline=metrics.evaluate(
-            test_scored[names.AMOUNT], test_scored[names.LABEL], amount_threshold
-        ),
+        model=metrics.evaluate(test_scored[score], test_scored[label], threshold),
+        baseline=metrics.evaluate(test_scored[names.AMOUNT], test_scored[label], amount_threshold),
         threshold=threshold,
         baseline_threshold=amount_threshold,
     )
+
+
+def read_inputs(spark, versions: dict[str, int]) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """The raw, features and labels tables, each as of its version in ``versions``."""
+    raw, features, labels = (
+        lakehouse.read_table(spark, table, versions[table.name]) for table in INPUT_TABLES
+    )
+    return raw, features, labels
+
+
+def model_metadata(
+    config: SimulationConfig,
+    versions: dict[str, int],
+    test_from: date,
+    test_days: int,
+    evaluation: Evaluation,
+) -> dict:
+    """What a model was trained on and how it did: saved with it, read by scoring.
+
+    ``versions`` are the input tables' Delta versions by table name, the same in every
+    profile, so a model's record does not depend on where the tables live.
+    """
+    missing = [t.name for t in INPUT_TABLES if t.name not in versions]
+    if missing:
+        raise ValueError(f"no version recorded for {', '.join(missing)}")
+    return {
+        "features": {
+            "numeric": list(names.NUMERIC_INPUTS),
+            "categorical": list(names.CATEGORICAL_INPUTS),
+        },
+        "table_versions": {t.name: int(versions[t.name]) for t in INPUT_TABLES},
+        "simulation": json.loads(config.to_json()),
+        "split": {"test_from": str(test_from), "test_days": test_days},
+        "threshold": evaluation.threshold,
+        "metrics": {"test": evaluation.model, "baseline": evaluation.baseline},
+    }
+
+
+def trained_on_version(metadata: dict, table: names.Location = names.RAW_TABLE) -> int:
+    """The version of ``table`` a model was trained on: later commits are new to it."""
+    return metadata["table_versions"][table.name]
 
 
 def set_threshold(model: PipelineModel, threshold: float) -> PipelineModel:

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from workbook import ingest, names, simulator
+from workbook import contract, names, simulator
 from workbook.simulator import SimulationConfig
 
 DROP = object()  # a field to leave out of the event
@@ -60,9 +60,12 @@ def corpus(first: int) -> list[Hostile]:
         Hostile("control_character", line(next(numbers))[:-2] + b'\x00"}', "malformed_json"),
         *[
             bad(f"missing_{f}", "missing_required_field", **{f: DROP})
-            for f in ingest.REQUIRED_FIELDS
+            for f in contract.REQUIRED_FIELDS
         ],
-        *[bad(f"null_{f}", "missing_required_field", **{f: None}) for f in ingest.REQUIRED_FIELDS],
+        *[
+            bad(f"null_{f}", "missing_required_field", **{f: None})
+            for f in contract.REQUIRED_FIELDS
+        ],
         bad("amount_text", "wrong_type", amount="12.50 EUR"),
         bad("amount_object", "wrong_type", amount={"value": 1}),
         bad("amount_list", "wrong_type", amount=[12.5]),
@@ -81,7 +84,7 @@ def corpus(first: int) -> list[Hostile]:
             "invalid_amount",
         ),
         bad("amount_absurd", "invalid_amount", amount=1e300),
-        bad("amount_over_limit", "invalid_amount", amount=ingest.MAX_AMOUNT + 0.01),
+        bad("amount_over_limit", "invalid_amount", amount=contract.MAX_AMOUNT + 0.01),
         bad("currency_unknown", "unknown_currency", currency="XYZ"),
         bad("currency_lowercase", "unknown_currency", currency="eur"),
         bad("currency_empty", "unknown_currency", currency=""),
@@ -90,7 +93,7 @@ def corpus(first: int) -> list[Hostile]:
         bad("timestamp_no_zone", "invalid_timestamp", timestamp="2025-01-02T03:04:05"),
         bad("timestamp_number", "invalid_timestamp", timestamp=1735787045),
         bad("timestamp_future", "future_timestamp", timestamp="2099-01-01T00:00:00Z"),
-        bad("oversized_field", "oversized_event", category="x" * (ingest.MAX_EVENT_BYTES + 1)),
+        bad("oversized_field", "oversized_event", category="x" * (contract.MAX_EVENT_BYTES + 1)),
         bad("oversized_200kb", "oversized_event", merchant_id="y" * 200_000),
         # Bytes that are not UTF-8: inside a field, Latin-1 text, UTF-16, pure noise.
         Hostile(

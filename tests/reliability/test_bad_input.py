@@ -42,8 +42,8 @@ def expected_valid_ids() -> list[str]:
 
 def check(raw: list[dict], quarantine: list[dict], corpus, pairs, tally, name: str) -> None:
     """Every hostile event in quarantine with its reason; every valid id in raw exactly once."""
-    assert all(row[ingest.REASON] for row in quarantine), "a quarantined row without a reason"
-    stored = Counter((row["raw_value"], row[ingest.REASON]) for row in quarantine)
+    assert all(row[names.REASON] for row in quarantine), "a quarantined row without a reason"
+    stored = Counter((row[names.RAW_VALUE], row[names.REASON]) for row in quarantine)
     missing = []
     for item in corpus:
         try:

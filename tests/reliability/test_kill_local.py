@@ -51,7 +51,7 @@ def test_ingestion_killed_mid_run(spark, tmp_path: Path, tally, kill):
             {"raw": task["raw"], "quarantine": task["quarantine"]}, tmp_path, spark
         )
         outcome.compare(valid_ids, [r[names.TRANSACTION_ID] for r in tables["raw"]])
-        outcome.compare(refused, [r[ingest.RECORD_ID] for r in tables["quarantine"]])
+        outcome.compare(refused, [r[names.RECORD_ID] for r in tables["quarantine"]])
 
 
 # -- streaming scoring --------------------------------------------------------------------
@@ -79,7 +79,7 @@ def scoring_lakehouse(spark, tmp_path_factory):
     # Any fitted pipeline will do: what is under test is the stream around it.
     training = train.training_set(
         raw, spark.read.format("delta").load(paths["features"]), spark.createDataFrame(labels)
-    ).withColumn(train.WEIGHT, F.lit(1.0))
+    ).withColumn(names.CLASS_WEIGHT, F.lit(1.0))
     train.build_pipeline(max_iter=10).fit(training).write().overwrite().save(paths["model"])
     return root, paths
 

@@ -52,7 +52,7 @@ def is_whole(row: dict) -> bool:
         c: version if c in INTEGER_COLUMNS else pytest.approx(version + i / 1000)
         for c in FEATURE_COLUMNS
     }
-    return row[store.DATE_COLUMN] == BASE_DAY + timedelta(days=version) and all(
+    return row[names.FEATURE_DATE] == BASE_DAY + timedelta(days=version) and all(
         row[c] == expected[c] for c in FEATURE_COLUMNS
     )
 

@@ -16,7 +16,7 @@ from hostile import expected_ingestion
 from kafka_producer import produce, producer
 from processes import Worker, kill_mid_run, list_names, read_tables, run_worker, wait_until
 
-from workbook import ingest, names, simulator
+from workbook import names, simulator
 from workbook.simulator import SimulationConfig
 
 EVENTS = SimulationConfig(n_transactions=2400, days=6, n_accounts=120, malformed_share=0.01)
@@ -62,7 +62,7 @@ def test_kafka_broker_restart_while_producing_then_ingestion_killed(
         run_worker(task, tmp_path / "worker.log")
         tables = read_tables({"raw": task["raw"], "quarantine": task["quarantine"]}, tmp_path)
         outcome.compare(valid_ids, [r[names.TRANSACTION_ID] for r in tables["raw"]])
-        outcome.compare(refused, [r[ingest.RECORD_ID] for r in tables["quarantine"]])
+        outcome.compare(refused, [r[names.RECORD_ID] for r in tables["quarantine"]])
 
 
 ROWS = 200_000

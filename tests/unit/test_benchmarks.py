@@ -8,7 +8,7 @@ import pytest
 
 from benchmarks import common, features
 from workbook import names
-from workbook.ingest import BATCH_ID
+from workbook.names import BATCH_ID
 
 pytestmark = pytest.mark.spark
 

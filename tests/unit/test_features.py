@@ -75,7 +75,7 @@ def simulated_transactions(grid: bool) -> pd.DataFrame:
 
 def to_raw(spark, tx: pd.DataFrame):
     """The transactions as the raw table holds them (ingest.RAW_SCHEMA, real timestamps)."""
-    frame = spark.createDataFrame(tx.assign(**{ingest.BATCH_ID: 0}))
+    frame = spark.createDataFrame(tx.assign(**{names.BATCH_ID: 0}))
     raw = frame.select(
         *[
             (
@@ -158,7 +158,7 @@ def expected_features(tx: pd.DataFrame) -> pd.DataFrame:
                 {
                     names.ACCOUNT_ID: account,
                     names.TRANSACTION_DATE: day.isoformat(),
-                    **{c: today[c] for c in features.DAILY_FEATURES},
+                    **{c: today[c] for c in names.DAILY_FEATURES},
                     "txn_count_7d": count_7d,
                     "amount_sum_7d": half_up(total_7d, 2),
                     "amount_max_7d": max(maxima, default=0.0),
@@ -176,12 +176,12 @@ def _days_up_to(day: date, n: int) -> list[date]:
 
 
 def assert_features_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
-    keys = list(features.FEATURE_KEYS)
+    keys = list(names.FEATURE_KEYS)
     got = got.sort_values(keys).reset_index(drop=True)
     want = want.sort_values(keys).reset_index(drop=True)
     assert len(got) == len(want)
     assert got[keys].values.tolist() == want[keys].values.tolist()
-    for column in features.FEATURE_COLUMNS:
+    for column in names.FEATURE_COLUMNS:
         g = got[column].astype(float).to_numpy()
         w = want[column].astype(float).to_numpy()
         assert (np.isnan(g) == np.isnan(w)).all(), f"{column}: nulls differ"
@@ -268,12 +268,12 @@ def test_features_match_pandas_with_cent_amounts(spark):
     got = features.daily_account_features(to_raw(spark, tx)).toPandas()
     got[names.TRANSACTION_DATE] = got[names.TRANSACTION_DATE].astype(str)
     want = expected_features(tx)
-    keys = list(features.FEATURE_KEYS)
+    keys = list(names.FEATURE_KEYS)
     got = got.sort_values(keys).reset_index(drop=True)
     want = want.sort_values(keys).reset_index(drop=True)
     assert got[keys].values.tolist() == want[keys].values.tolist()
     rounded = {"daily_average_amount": 4, "amount_avg_30d": 4}
-    for column in features.FEATURE_COLUMNS:
+    for column in names.FEATURE_COLUMNS:
         g, w = got[column].astype(float), want[column].astype(float)
         assert (g.isna() == w.isna()).all(), column
         diff = (g - w).abs()
@@ -297,7 +297,7 @@ def test_upsert_is_idempotent_and_counts_changes(spark, tmp_path, grid_tx):
     assert n > 40 and rows.filter(F.col("amount_avg_30d").isNull()).count() > 0
     path = str(tmp_path / "features")
     lakehouse.ensure_table(spark, path, features.FEATURES_SCHEMA)
-    keys = list(features.FEATURE_KEYS)
+    keys = list(names.FEATURE_KEYS)
 
     def content():
         return sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())

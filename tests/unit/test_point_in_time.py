@@ -43,7 +43,7 @@ def event(tx_id: str, ts: str, account: str, amount: float, merchant: str = "M1"
 
 def to_raw(spark, events: pd.DataFrame | list[dict]):
     """Events as the raw table holds them (ingest.RAW_SCHEMA, real UTC timestamps)."""
-    frame = pd.DataFrame(events).assign(**{ingest.BATCH_ID: 0})
+    frame = pd.DataFrame(events).assign(**{names.BATCH_ID: 0})
     sdf = spark.createDataFrame(frame)
     return sdf.select(
         *[
@@ -90,7 +90,7 @@ def scored(spark):
     assert result.columns == [
         *raw.columns,
         names.TRANSACTION_DATE,
-        *features.NUMERIC_INPUTS,
+        *names.NUMERIC_INPUTS,
     ]
     rows = result.collect()
     assert len(rows) == raw.count()
@@ -219,7 +219,7 @@ def tamper_from(tx: pd.DataFrame, cut: date, seed: int) -> pd.DataFrame:
 def inputs_of(spark, transactions, history: pd.DataFrame) -> dict[str, tuple]:
     daily = features.daily_account_features(to_raw(spark, history))
     rows = features.transaction_features(transactions, daily).collect()
-    return {r[names.TRANSACTION_ID]: tuple(r[c] for c in features.NUMERIC_INPUTS) for r in rows}
+    return {r[names.TRANSACTION_ID]: tuple(r[c] for c in names.NUMERIC_INPUTS) for r in rows}
 
 
 @pytest.mark.parametrize("cut", CUT_DAYS, ids=str)

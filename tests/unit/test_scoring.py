@@ -25,7 +25,7 @@ UNSEEN = "teleportation"
 
 def to_raw(spark, tx: pd.DataFrame):
     """The transactions as the raw table holds them (ingest.RAW_SCHEMA, real timestamps)."""
-    frame = spark.createDataFrame(tx.assign(**{ingest.BATCH_ID: 0}))
+    frame = spark.createDataFrame(tx.assign(**{names.BATCH_ID: 0}))
     return frame.select(
         *[
             (
@@ -60,7 +60,10 @@ def trained(simulated):
 
 def spark_probabilities(model, rows) -> np.ndarray:
     return np.array(
-        [r[train.SCORE] for r in train.score(model, rows).select(train.SCORE).collect()]
+        [
+            r[names.PREDICTION_SCORE]
+            for r in train.score(model, rows).select(names.PREDICTION_SCORE).collect()
+        ]
     )
 
 
@@ -71,7 +74,7 @@ def test_exported_model_scores_like_spark(trained):
     assert len(scored) > 300
 
     probabilities = exported.probabilities(scored)
-    assert np.max(np.abs(probabilities - scored[train.SCORE].to_numpy())) < 1e-6
+    assert np.max(np.abs(probabilities - scored[names.PREDICTION_SCORE].to_numpy())) < 1e-6
     # Spark's prediction column flags probability > threshold; equal only on exact ties.
     assert ((probabilities > exported.threshold) == (scored["prediction"] == 1)).all()
     assert exported.threshold == 0.62
@@ -132,7 +135,7 @@ def test_threshold_must_match_the_model(trained):
 def online_row(daily_row: dict) -> dict:
     """A daily feature row as the online store holds it."""
     row = dict(daily_row)
-    row[scoring.DATE_COLUMN] = row.pop(names.TRANSACTION_DATE)
+    row[names.FEATURE_DATE] = row.pop(names.TRANSACTION_DATE)
     return row
 
 
@@ -151,8 +154,8 @@ def test_python_inputs_equal_spark_transaction_features(simulated):
         row = history.get((event[names.ACCOUNT_ID], day - timedelta(days=1)))
         statuses.append(scoring.history_status(event[names.TIMESTAMP], row))
         got = scoring.transaction_inputs(event, row)
-        want = spark_rows.loc[event[names.TRANSACTION_ID], list(features.NUMERIC_INPUTS)]
-        assert list(got) == list(features.NUMERIC_INPUTS)
+        want = spark_rows.loc[event[names.TRANSACTION_ID], list(names.NUMERIC_INPUTS)]
+        assert list(got) == list(names.NUMERIC_INPUTS)
         assert np.allclose(list(got.values()), want.to_numpy(float), rtol=0, atol=1e-12), (
             event[names.TRANSACTION_ID],
             got,
@@ -180,24 +183,24 @@ def test_only_the_previous_day_row_is_used():
     assert neutral["is_night"] == 1.0
     assert neutral["txn_count_7d"] == 0.0
 
-    fresh = {**row, scoring.DATE_COLUMN: date(2025, 1, 9)}
+    fresh = {**row, names.FEATURE_DATE: date(2025, 1, 9)}
     assert scoring.history_status(event[names.TIMESTAMP], fresh) == scoring.PREVIOUS_DAY
     assert scoring.transaction_inputs(event, fresh)["txn_count_7d"] == 9.0
     assert scoring.transaction_inputs(event, fresh)["amount_vs_30d_avg"] == 0.0
 
-    stale = {**row, scoring.DATE_COLUMN: date(2025, 1, 7)}
+    stale = {**row, names.FEATURE_DATE: date(2025, 1, 7)}
     assert scoring.history_status(event[names.TIMESTAMP], stale) == scoring.STALE
     assert scoring.transaction_inputs(event, stale) == neutral
 
     for too_new in (date(2025, 1, 10), date(2025, 1, 12)):
         with pytest.raises(scoring.PointInTimeError):
-            scoring.transaction_inputs(event, {**row, scoring.DATE_COLUMN: too_new})
+            scoring.transaction_inputs(event, {**row, names.FEATURE_DATE: too_new})
 
     # The day boundary is UTC: 00:30 in Berlin is still the 9th in UTC.
     berlin = {**event, names.TIMESTAMP: "2025-01-10T00:30:00+01:00"}
     assert scoring.history_status(berlin[names.TIMESTAMP], stale) == scoring.STALE
     assert (
-        scoring.transaction_inputs(berlin, {**row, scoring.DATE_COLUMN: date(2025, 1, 8)})[
+        scoring.transaction_inputs(berlin, {**row, names.FEATURE_DATE: date(2025, 1, 8)})[
             "txn_count_7d"
         ]
         == 9.0
@@ -214,9 +217,9 @@ def test_online_path_scores_like_the_streaming_path(spark, simulated, trained):
     todays = to_raw(spark, tx[day == last_day])
     expected = (
         train.score(model, features.transaction_features(todays, history))
-        .select(names.TRANSACTION_ID, train.SCORE)
+        .select(names.TRANSACTION_ID, names.PREDICTION_SCORE)
         .toPandas()
-        .set_index(names.TRANSACTION_ID)[train.SCORE]
+        .set_index(names.TRANSACTION_ID)[names.PREDICTION_SCORE]
     )
     online = {
         r[names.ACCOUNT_ID]: online_row(r)
@@ -282,7 +285,9 @@ def test_a_live_query_scores_each_new_transaction_once_as_batch_scoring_does(
     expected = inference.predictions(model, new, daily).toPandas()
     both = got.merge(expected, on=names.TRANSACTION_ID, suffixes=("", "_batch"))
     assert len(both) == len(expected) == len(got)
-    assert np.allclose(both[train.SCORE], both[f"{train.SCORE}_batch"], rtol=0, atol=1e-12)
+    assert np.allclose(
+        both[names.PREDICTION_SCORE], both[f"{names.PREDICTION_SCORE}_batch"], rtol=0, atol=1e-12
+    )
 
 
 def test_feature_days_are_read_again_when_the_table_changes(spark, simulated, tmp_path):
@@ -300,7 +305,7 @@ def test_feature_days_are_read_again_when_the_table_changes(spark, simulated, tm
     assert two_days.count() > first.count()
 
     changed = daily.withColumn("txn_count_7d", F.lit(-1).cast("bigint"))
-    lakehouse.upsert(spark, path, changed, list(features.FEATURE_KEYS))
+    lakehouse.upsert(spark, path, changed, list(names.FEATURE_KEYS))
     history = lakehouse.history(spark, path).collect()
     assert lakehouse.table_version(spark, path) == max(r["version"] for r in history) == 1
     fresh = days.of_days(spark, one_day)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import inspect
 import json
 import math
+import subprocess
+import sys
 import warnings
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import quote
@@ -14,9 +16,9 @@ import pandas as pd
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from workbook import names, scoring, serving, simulator, store
+from workbook import contract, latency, launcher, names, scoring, serving, simulator, store
 from workbook.config import get_settings
-from workbook.features import FEATURE_COLUMNS, NUMERIC_INPUTS
+from workbook.names import FEATURE_COLUMNS, NUMERIC_INPUTS
 
 with warnings.catch_warnings():
     # Starlette's test client now prefers the httpx2 fork and warns on httpx, which works.
@@ -149,7 +151,7 @@ def test_openapi_schema_documents_the_endpoints(client):
         schema["paths"]
     )
     parameter = schema["paths"]["/features/{account_id}"]["get"]["parameters"][0]
-    assert parameter["schema"]["pattern"] == serving.ACCOUNT_ID_PATTERN
+    assert parameter["schema"]["pattern"] == contract.ACCOUNT_ID_PATTERN
     assert "Transaction" in schema["components"]["schemas"]
 
 
@@ -176,7 +178,7 @@ def test_features_of_a_known_account(client):
     assert response.status_code == 200
     body = response.json()
     assert body[names.ACCOUNT_ID] == "ACC000003"
-    assert body[store.DATE_COLUMN] == FEATURE_DAY.isoformat()
+    assert body[names.FEATURE_DATE] == FEATURE_DAY.isoformat()
     assert body["txn_count_7d"] == 4
     assert body["amount_avg_30d"] == 40.0
     assert client.get("/features/ACC000000").json()["daily_average_amount"] is None
@@ -361,12 +363,12 @@ def test_no_model_gives_503_naming_the_training_notebook(materialized, tmp_path)
 
 
 def test_service_process_and_latency_helpers(materialized, model_file):
-    with serving.start_service(model_location=str(model_file)) as running:
+    with launcher.start_service(model_location=str(model_file)) as running:
         assert running.process.poll() is None
-        lookups = serving.http_latencies_ms(running.url, [*ACCOUNTS, UNKNOWN], n=30)
+        lookups = latency.http_lookups(running.url, [*ACCOUNTS, UNKNOWN], n=30)
         events = [transaction(account_id=a, transaction_id=f"TX-{a}") for a in ACCOUNTS]
-        scores = serving.http_score_latencies_ms(running.url, events, n=30)
-        batches = serving.http_batch_latencies_ms(running.url, [*ACCOUNTS, UNKNOWN], 4, n=10)
+        scores = latency.http_scores(running.url, events, n=30)
+        batches = latency.http_batch_lookups(running.url, [*ACCOUNTS, UNKNOWN], 4, n=10)
     # A clean exit releases its handle on the embedded server, which can then stop with us.
     assert running.process.returncode == 0
     handles = json.loads((get_settings().postgres_dir / ".handle_pids.json").read_text())
@@ -376,5 +378,26 @@ def test_service_process_and_latency_helpers(materialized, model_file):
 
     model = scoring.ScoringModel.load(str(model_file))
     with store.FeatureStore() as online:
-        in_process = serving.score_latencies_ms(online, model, events, n=30)
+        in_process = latency.scores(online, model, events, n=30)
     assert np.isfinite(in_process).all()
+
+
+def test_the_service_imports_no_spark_even_when_scoring(materialized, model_file):
+    """A process that never starts a JVM must not pay for pyspark (or pandas) at import."""
+    probe = f"""
+import json, sys, warnings
+warnings.simplefilter("ignore")
+from fastapi.testclient import TestClient
+from workbook import serving
+with TestClient(serving.create_app({str(model_file)!r}, {store.dsn(store.READER)!r})) as client:
+    answer = client.post("/score", json={transaction()!r})
+heavy = ("pyspark", "py4j", "pandas")
+print(json.dumps([answer.status_code, sorted(m for m in sys.modules if m.startswith(heavy))]))
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    status, loaded = json.loads(result.stdout.splitlines()[-1])
+    assert status == 200, "the probe must really score"
+    assert loaded == []

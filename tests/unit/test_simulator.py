@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workbook import ingest, names, simulator, sources
+from workbook import contract, names, simulator, sources
 from workbook.simulator import SimulationConfig
 
 SMALL = SimulationConfig(n_transactions=4000, days=4, n_accounts=120)
@@ -47,7 +47,7 @@ def test_different_seed_gives_different_frames():
 
 def test_columns_and_values_match_the_seed_schema():
     tx, labels = simulator.simulate(SMALL)
-    assert list(tx.columns) == list(ingest.EVENT_FIELDS)
+    assert list(tx.columns) == list(contract.EVENT_FIELDS)
     assert list(labels.columns) == [names.TRANSACTION_ID, names.LABEL]
     assert len(tx) >= SMALL.n_transactions
     assert tx[names.TRANSACTION_ID].is_unique
@@ -55,7 +55,7 @@ def test_columns_and_values_match_the_seed_schema():
     assert tx[names.ACCOUNT_ID].str.fullmatch(r"ACC\d{6}").all()
     assert tx[names.ACCOUNT_ID].nunique() <= SMALL.accounts
     assert tx[names.MERCHANT_ID].str.fullmatch(r"M\d{6}").all()
-    assert set(tx[names.CURRENCY]) <= set(names.KNOWN_CURRENCIES)
+    assert set(tx[names.CURRENCY]) <= set(contract.KNOWN_CURRENCIES)
     assert set(tx[names.CATEGORY]) <= set(simulator.CATEGORIES)
     assert set(tx[names.TRANSACTION_TYPE]) <= set(simulator.TRANSACTION_TYPES)
     assert tx[names.IS_FLAGGED].dtype == bool
@@ -63,7 +63,7 @@ def test_columns_and_values_match_the_seed_schema():
 
     amounts = tx[names.AMOUNT]
     assert amounts.dtype == np.float64
-    assert (amounts > 0).all() and (amounts < ingest.MAX_AMOUNT).all()
+    assert (amounts > 0).all() and (amounts < contract.MAX_AMOUNT).all()
     assert np.allclose(amounts, amounts.round(2), rtol=0, atol=1e-9)
 
     # Timestamps are ISO-8601 UTC text the ingestion's format accepts, inside the range.
@@ -187,9 +187,9 @@ def test_malformed_events_cover_every_kind():
             case "infinite_amount":
                 assert math.isinf(amount)
             case "huge_amount":
-                assert amount > ingest.MAX_AMOUNT
+                assert amount > contract.MAX_AMOUNT
             case "unknown_currency":
-                assert event[names.CURRENCY] not in names.KNOWN_CURRENCIES
+                assert event[names.CURRENCY] not in contract.KNOWN_CURRENCIES
             case "bad_timestamp":
                 assert " at " in event[names.TIMESTAMP]
             case "future_timestamp":

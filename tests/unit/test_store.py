@@ -10,7 +10,7 @@ import read_only
 from psycopg2.extensions import parse_dsn
 
 from workbook import config, names, store
-from workbook.features import FEATURE_COLUMNS
+from workbook.names import FEATURE_COLUMNS
 
 pytestmark = pytest.mark.postgres
 
@@ -68,7 +68,7 @@ def test_lookups(conn):
     with store.FeatureStore() as online:
         found = online.get_features("ACC000003")
         assert found[names.ACCOUNT_ID] == "ACC000003"
-        assert found[store.DATE_COLUMN] == dt.date(2025, 1, 30)
+        assert found[names.FEATURE_DATE] == dt.date(2025, 1, 30)
         assert found["txn_count_7d"] == 4
         assert online.get_features("ACC999999") is None
         assert set(online.get_many(["ACC000001", "ACC000004", "nope"])) == {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from workbook import ingest, names, simulator, sources
+from workbook import contract, ingest, names, simulator, sources
 from workbook.simulator import SimulationConfig
 
 pytestmark = pytest.mark.spark
@@ -42,8 +42,8 @@ def validate(spark, *lines: str):
 
 def reasons(spark, *lines: str) -> list[str | None]:
     """The reason of each line, in the order given."""
-    rows = validate(spark, *lines).select("value", ingest.REASON).collect()
-    by_value = {r["value"]: r[ingest.REASON] for r in rows}
+    rows = validate(spark, *lines).select("value", names.REASON).collect()
+    by_value = {r["value"]: r[names.REASON] for r in rows}
     assert len(rows) == len(lines)
     return [by_value[v] for v in lines]
 
@@ -58,15 +58,15 @@ def test_good_event_is_valid_and_typed(spark):
     assert types[names.TIMESTAMP] == "timestamp"
     assert types[names.AMOUNT] == "double"
     assert types[names.IS_FLAGGED] == "boolean"
-    assert checked.columns == ["value", ingest.RECORD_ID, *ingest.EVENT_FIELDS, ingest.REASON]
+    assert checked.columns == ["value", names.RECORD_ID, *contract.EVENT_FIELDS, names.REASON]
 
     row = checked.select(
         "*",
         F.unix_timestamp(names.TIMESTAMP).alias("epoch"),
         F.date_format(names.TIMESTAMP, "yyyy-MM-dd HH:mm:ss").alias("utc"),
     ).first()
-    assert row[ingest.REASON] is None
-    assert row[ingest.RECORD_ID] == hashlib.sha256(good.encode()).hexdigest()
+    assert row[names.REASON] is None
+    assert row[names.RECORD_ID] == hashlib.sha256(good.encode()).hexdigest()
     assert row["utc"] == "2025-01-02 03:04:05"
     assert row["epoch"] == 1735787045
     assert row[names.AMOUNT] == 12.5 and isinstance(row[names.AMOUNT], float)
@@ -82,38 +82,38 @@ def test_timestamps_with_offset_and_fraction_are_normalised_to_utc(spark):
         spark, line(timestamp="2025-01-02T03:04:05.250+02:00"), line(is_flagged=True)
     )
     rows = checked.select(
-        ingest.REASON,
+        names.REASON,
         names.IS_FLAGGED,
         F.date_format(names.TIMESTAMP, "yyyy-MM-dd HH:mm:ss.SSS").alias("utc"),
     ).collect()
-    assert sorted((r["utc"], r[ingest.REASON], r[names.IS_FLAGGED]) for r in rows) == [
+    assert sorted((r["utc"], r[names.REASON], r[names.IS_FLAGGED]) for r in rows) == [
         ("2025-01-02 01:04:05.250", None, False),
         ("2025-01-02 03:04:05.000", None, True),
     ]
 
 
 def test_optional_fields_may_be_missing(spark):
-    lines = [line(**{f: DROP}) for f in ingest.EVENT_FIELDS if f not in ingest.REQUIRED_FIELDS]
+    lines = [line(**{f: DROP}) for f in contract.EVENT_FIELDS if f not in contract.REQUIRED_FIELDS]
     assert reasons(spark, *lines) == [None] * len(lines)
 
 
 def test_oversized_event(spark):
-    padding = "x" * (ingest.MAX_EVENT_BYTES + 1)
+    padding = "x" * (contract.MAX_EVENT_BYTES + 1)
     assert reasons(spark, line(category=padding), line(category=padding, amount=-1)) == [
         "oversized_event",
         "oversized_event",  # checked first: a huge event is not parsed further
     ]
     # Exactly at the limit is fine.
     at_limit = line(category="")
-    at_limit = line(category="x" * (ingest.MAX_EVENT_BYTES - len(at_limit)))
-    assert len(at_limit) == ingest.MAX_EVENT_BYTES
+    at_limit = line(category="x" * (contract.MAX_EVENT_BYTES - len(at_limit)))
+    assert len(at_limit) == contract.MAX_EVENT_BYTES
     assert reasons(spark, at_limit) == [None]
 
 
 def test_oversized_event_counts_bytes_not_characters(spark):
     # 6,000 euro signs are 6,000 characters but 18,000 UTF-8 bytes (> MAX_EVENT_BYTES).
     wide = json.dumps({**GOOD, names.CATEGORY: "\u20ac" * 6000}, ensure_ascii=False)
-    assert len(wide) < ingest.MAX_EVENT_BYTES < len(wide.encode("utf-8"))
+    assert len(wide) < contract.MAX_EVENT_BYTES < len(wide.encode("utf-8"))
     assert reasons(spark, wide) == ["oversized_event"]
 
 
@@ -123,7 +123,7 @@ def test_malformed_json(spark):
     assert reasons(spark, *lines) == ["malformed_json"] * len(lines)
 
 
-@pytest.mark.parametrize("field", ingest.REQUIRED_FIELDS)
+@pytest.mark.parametrize("field", contract.REQUIRED_FIELDS)
 def test_missing_required_field(spark, field):
     assert reasons(spark, line(**{field: DROP}), line(**{field: None})) == [
         "missing_required_field",
@@ -151,11 +151,11 @@ def test_invalid_amount(spark, amount):
 
 
 def test_amount_limits_are_inclusive(spark):
-    checked = validate(spark, line(amount=ingest.MAX_AMOUNT), line(amount=0.01))
-    rows = checked.select(names.AMOUNT, ingest.REASON).collect()
-    assert sorted((r[names.AMOUNT], r[ingest.REASON]) for r in rows) == [
+    checked = validate(spark, line(amount=contract.MAX_AMOUNT), line(amount=0.01))
+    rows = checked.select(names.AMOUNT, names.REASON).collect()
+    assert sorted((r[names.AMOUNT], r[names.REASON]) for r in rows) == [
         (0.01, None),
-        (ingest.MAX_AMOUNT, None),
+        (contract.MAX_AMOUNT, None),
     ]
 
 
@@ -209,7 +209,7 @@ def test_each_simulated_malformed_kind_gets_its_reason(spark):
 
 # -- duplicates ---------------------------------------------------------------------------
 
-EXISTING_SCHEMA = f"{names.TRANSACTION_ID} string, {ingest.BATCH_ID} long"
+EXISTING_SCHEMA = f"{names.TRANSACTION_ID} string, {names.BATCH_ID} long"
 
 
 def mark(spark, lines, existing=(), batch_id=5):
@@ -224,7 +224,7 @@ def test_duplicate_within_a_batch(spark):
     first, second = line(amount=10.0), line(amount=20.0)  # same transaction_id
     other = line(transaction_id="TX-OTHER")
     rows = mark(spark, [first, second, other])
-    by_value = {r["value"]: r[ingest.REASON] for r in rows}
+    by_value = {r["value"]: r[names.REASON] for r in rows}
     assert by_value[other] is None
     # Exactly one copy is kept: deterministically the one with the smaller record id.
     keep = min([first, second], key=lambda v: hashlib.sha256(v.encode()).hexdigest())
@@ -235,7 +235,7 @@ def test_duplicate_within_a_batch(spark):
 
 def test_identical_lines_in_a_batch_keep_one(spark):
     rows = mark(spark, [line(), line(), line()])
-    assert sorted(r[ingest.REASON] or "" for r in rows) == [
+    assert sorted(r[names.REASON] or "" for r in rows) == [
         "",
         "duplicate_transaction_id",
         "duplicate_transaction_id",
@@ -249,13 +249,13 @@ def test_duplicate_of_an_earlier_batch(spark):
         existing=[(GOOD[names.TRANSACTION_ID], 3), ("TX-UNRELATED", 3)],
         batch_id=5,
     )
-    by_id = {r[names.TRANSACTION_ID]: r[ingest.REASON] for r in rows}
+    by_id = {r[names.TRANSACTION_ID]: r[names.REASON] for r in rows}
     assert by_id == {GOOD[names.TRANSACTION_ID]: "duplicate_transaction_id", "TX-NEW": None}
 
 
 def test_same_batch_id_is_a_retry_not_a_duplicate(spark):
     rows = mark(spark, [line()], existing=[(GOOD[names.TRANSACTION_ID], 5)], batch_id=5)
-    assert [r[ingest.REASON] for r in rows] == [None]
+    assert [r[names.REASON] for r in rows] == [None]
     # ...but an id written by the same batch AND an earlier one is a duplicate.
     rows = mark(
         spark,
@@ -263,13 +263,13 @@ def test_same_batch_id_is_a_retry_not_a_duplicate(spark):
         existing=[(GOOD[names.TRANSACTION_ID], 5), (GOOD[names.TRANSACTION_ID], 2)],
         batch_id=5,
     )
-    assert [r[ingest.REASON] for r in rows] == ["duplicate_transaction_id"]
+    assert [r[names.REASON] for r in rows] == ["duplicate_transaction_id"]
 
 
 def test_invalid_rows_keep_their_reason(spark):
     bad = line(currency="XYZ")
     rows = mark(spark, [bad], existing=[(GOOD[names.TRANSACTION_ID], 1)])
-    assert [r[ingest.REASON] for r in rows] == ["unknown_currency"]
+    assert [r[names.REASON] for r in rows] == ["unknown_currency"]
 
 
 def _sorted_before(a: str, b: str) -> bool:
@@ -284,7 +284,7 @@ def test_invalid_copy_does_not_make_the_valid_event_a_duplicate(spark):
         if _sorted_before(candidate := line(currency="XYZ", merchant_id=f"M{i:06d}"), valid)
     )
     rows = mark(spark, [valid, bad])
-    by_value = {r["value"]: r[ingest.REASON] for r in rows}
+    by_value = {r["value"]: r[names.REASON] for r in rows}
     assert by_value == {bad: "unknown_currency", valid: None}
 
 
@@ -370,17 +370,17 @@ def test_every_valid_transaction_is_in_raw_exactly_once(spark, ingested):
     assert raw.columns == ingest.RAW_SCHEMA.fieldNames()
     got = (
         raw.select(
-            *[c for c in ingest.EVENT_FIELDS if c != names.TIMESTAMP],
+            *[c for c in contract.EVENT_FIELDS if c != names.TIMESTAMP],
             F.date_format(names.TIMESTAMP, "yyyy-MM-dd'T'HH:mm:ss'Z'").alias(names.TIMESTAMP),
         )
-        .toPandas()[list(ingest.EVENT_FIELDS)]
+        .toPandas()[list(contract.EVENT_FIELDS)]
         .sort_values(names.TRANSACTION_ID)
         .reset_index(drop=True)
     )
     assert len(got) == len(expected) == ingested.landed["valid_events"]
     assert got[names.TRANSACTION_ID].is_unique
     expected = expected.sort_values(names.TRANSACTION_ID).reset_index(drop=True)
-    for column in ingest.EVENT_FIELDS:
+    for column in contract.EVENT_FIELDS:
         assert got[column].tolist() == expected[column].tolist(), column
 
 
@@ -390,13 +390,13 @@ def test_quarantine_holds_each_malformed_event_once(spark, ingested):
     assert ingested.landed["malformed_events"] == len(malformed)
     quarantine = spark.read.format("delta").load(ingested.quarantine)
     assert quarantine.count() == len(malformed)
-    got = Counter(r[ingest.REASON] for r in quarantine.select(ingest.REASON).collect())
+    got = Counter(r[names.REASON] for r in quarantine.select(names.REASON).collect())
     assert got == Counter(REASON_OF_KIND[kind] for kind, _ in malformed)
     # The raw text is kept, and the record id is its hash.
-    rows = quarantine.select(ingest.RECORD_ID, "raw_value").collect()
-    assert sorted(r["raw_value"] for r in rows) == sorted(text for _, text in malformed)
+    rows = quarantine.select(names.RECORD_ID, names.RAW_VALUE).collect()
+    assert sorted(r[names.RAW_VALUE] for r in rows) == sorted(text for _, text in malformed)
     for r in rows:
-        assert r[ingest.RECORD_ID] == hashlib.sha256(r["raw_value"].encode()).hexdigest()
+        assert r[names.RECORD_ID] == hashlib.sha256(r[names.RAW_VALUE].encode()).hexdigest()
 
 
 def test_rerun_with_the_same_checkpoint_changes_nothing(ingested):

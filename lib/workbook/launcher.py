@@ -1,0 +1,101 @@
+"""The scoring service started beside a notebook, a benchmark or a test, in its own process.
+
+Its own process, so its request handling does not compete with the caller for the
+interpreter lock. ``start_service`` waits until ``/health`` answers and returns a handle
+that stops it; a caller that exits does not leave the service behind.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from workbook.config import get_settings
+from workbook.store import StoreUnavailableError
+
+
+class RunningService:
+    """A service started by ``start_service``: its base URL, and ``stop()``."""
+
+    def __init__(self, process: subprocess.Popen, url: str, log_path: Path):
+        self.process, self.url, self.log_path = process, url, log_path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop gracefully (the pool closes, the embedded server's handle is released)."""
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.process.poll() is None else f"exited {self.process.returncode}"
+        return f"RunningService({self.url}, pid {self.process.pid}, {state})"
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _health(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:  # 503: the service runs but cannot serve
+        return error.code, error.read()
+
+
+def start_service(
+    host: str = "127.0.0.1",
+    port: int = 0,
+    model_location: str | None = None,
+    timeout: float = 60.0,
+) -> RunningService:
+    """Start ``python -m workbook.serving`` and wait until /health answers 200.
+
+    ``port=0`` picks a free port. The log goes to ``<lakehouse>/_logs/serving.log``. Raises
+    with the service's own reason if it cannot serve.
+    """
+    port = port or free_port(host)
+    log_path = get_settings().lakehouse / "_logs" / "serving.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "workbook.serving", "--host", host, "--port", str(port)]
+    if model_location:
+        command += ["--model", model_location]
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    running = RunningService(process, f"http://{host}:{port}", log_path)
+    atexit.register(running.stop)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            tail = log_path.read_text(errors="replace").splitlines()[-15:]
+            raise RuntimeError("the scoring service exited:\n" + "\n".join(tail))
+        try:
+            status, body = _health(running.url)
+        except OSError:  # not listening yet
+            time.sleep(0.2)
+            continue
+        if status == 200:
+            return running
+        running.stop()
+        raise StoreUnavailableError(json.loads(body).get("detail", body.decode()))
+    running.stop()
+    raise TimeoutError(f"the scoring service did not answer within {timeout:.0f} s; see {log_path}")
