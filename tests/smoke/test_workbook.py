@@ -23,7 +23,7 @@ pytestmark = pytest.mark.spark
 ROWS, DAYS, SEED = 50_000, 14, 42
 # Measured at this size and seed; the tolerance allows for another platform's floating
 # point, not for another model.
-EXPECTED = {"roc_auc": (0.985, 0.01), "pr_auc": (0.60, 0.08)}
+EXPECTED = {"roc_auc": (0.979, 0.01), "pr_auc": (0.448, 0.03)}
 
 
 @pytest.fixture(scope="module")
