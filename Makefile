@@ -3,10 +3,15 @@ PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+# The MLflow server (stack) and UI (local) need the full mlflow package, whose pins conflict
+# with the workbook's: they get an environment of their own.
+MLFLOW_VENV := .venv-mlflow
+MLFLOW_INSTALLED := $(MLFLOW_VENV)/.installed
+MLFLOW_PORT ?= 5000
 ARGS ?=
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
-	stack-up stack-down stack-reset test-stack test-reliability bench
+	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11 (or run make PYTHON=/path/to/python3.11)"; exit 1; }
@@ -17,6 +22,20 @@ $(INSTALLED): pyproject.toml
 	touch $@
 
 setup: $(INSTALLED)  ## create .venv with the pinned packages and check Java
+
+$(MLFLOW_INSTALLED): stack/mlflow/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet -r stack/mlflow/requirements.txt
+	touch $@
+
+mlflow-env: $(MLFLOW_INSTALLED)  ## create .venv-mlflow with the MLflow server (for mlflow-ui and the native stack)
+
+mlflow-ui: mlflow-env  ## the MLflow UI on the local registry (lakehouse/_mlflow), on 127.0.0.1:$(MLFLOW_PORT)
+	@test -f lakehouse/_mlflow/mlflow.db || { echo "no local registry yet: run notebook 03 (or make run) first"; exit 1; }
+	$(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lakehouse/_mlflow/mlflow.db \
+		--host 127.0.0.1 --port $(MLFLOW_PORT)
 
 run: setup  ## run notebooks 01-05 headless; e.g. make run ARGS="--rows 50000 --seed 7"
 	$(BIN)/python -m workbook.run $(ARGS)
@@ -32,7 +51,7 @@ test-smoke: setup  ## the whole workbook at a small size: its summary's metrics 
 test-notebooks: setup
 	$(BIN)/python -m pytest --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg -q
 
-stack-up: setup  ## start the stack's services natively on 127.0.0.1 (no Docker needed)
+stack-up: setup mlflow-env  ## start the stack's services natively on 127.0.0.1 (no Docker needed)
 	stack/native/up.sh
 
 stack-down:  ## stop the native services (data kept; stack/native/down.sh --purge deletes it)
@@ -67,11 +86,11 @@ format: setup
 	$(BIN)/ruff check --fix lib tests notebooks benchmarks conftest.py
 	$(BIN)/ruff format lib tests notebooks benchmarks conftest.py
 
-reset:  ## delete the local lakehouse (tables, checkpoints, landed events) and the local database
+reset:  ## delete the local lakehouse (tables, checkpoints, landed events, registry) and the local database
 	rm -rf lakehouse
 
 clean: reset
-	rm -rf runs $(VENV)
+	rm -rf runs $(VENV) $(MLFLOW_VENV)
 
 refresh-outputs: setup  ## re-execute every notebook on a fresh lakehouse and keep the outputs (what nbval compares)
 	tmp=$$(mktemp -d) && WORKBOOK_LAKEHOUSE=$$tmp $(BIN)/jupyter nbconvert --to notebook --execute --inplace \

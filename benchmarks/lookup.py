@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
-from workbook import lakehouse, latency, launcher, names, scoring, simulator, store
+from workbook import lakehouse, latency, launcher, names, registry, scoring, simulator, store
 
 BATCH = 100
 TARGETS_MS = {"lookup_p99_ms": 2.0, "lookup_http_p99_ms": 5.0, "score_p99_ms": 10.0}
@@ -50,7 +50,7 @@ def run(n: int = 5000, batches: int = 1000, http_batches: int = 1000, warmup: in
         ids = store.read_all(conn)[names.ACCOUNT_ID].tolist()
     finally:
         conn.close()
-    model = scoring.ScoringModel.load(lakehouse.location(names.MODEL))
+    model = registry.load_scoring_model(names.CHAMPION)
     transactions = transactions_to_score(2000)
     series: dict[str, np.ndarray] = {}
 

@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a path: python benchmarks/run.py
 
 from benchmarks import common  # noqa: E402
 
-BENCHMARKS = ("workbook", "lookup", "stream", "features")
+BENCHMARKS = ("workbook", "lookup", "stream", "registry", "features")
 HEADLINE_KEYS = (
     "features_rows_per_s",
     "features_ratio_vs_reference",
@@ -32,6 +32,8 @@ HEADLINE_KEYS = (
     "score_p99_ms",
     "workbook_wall_s",
     "workbook_peak_rss_mb",
+    "tracking_overhead_share",
+    "champion_load_s",
 )
 # (key, sense, limit) of the targets on the 2-core reference machine.
 TARGETS = (
@@ -41,6 +43,8 @@ TARGETS = (
     ("stream_latency_p50_ms", "<=", 2000.0),
     ("features_ratio_vs_reference", "<=", 5.0),
     ("workbook_wall_s", "<=", 180.0),
+    ("tracking_overhead_share", "<=", 0.10),
+    ("champion_load_s", "<=", 2.0),
 )
 FULL_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (100_000,)
@@ -139,6 +143,13 @@ def main(argv=None) -> int:
                 small = dict(seconds=15, warmup_seconds=5, backlog=50_000, backlog_appends=5)
                 small.update(rate=500, pool_size=20_000)
                 section = stream.run(session(), args.trigger, **(small if args.quick else {}))
+            elif name == "registry":
+                from benchmarks import registry, workbook
+
+                workbook.ensure_lakehouse()
+                section = registry.run(
+                    session(), **({"rounds": 1, "loads": 2} if args.quick else {})
+                )
             else:
                 from benchmarks import features
 
@@ -180,9 +191,15 @@ def draw_plots(details: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    from benchmarks import features, lookup, stream, workbook
+    from benchmarks import features, lookup, registry, stream, workbook
 
-    modules = {"features": features, "stream": stream, "lookup": lookup, "workbook": workbook}
+    modules = {
+        "features": features,
+        "stream": stream,
+        "lookup": lookup,
+        "registry": registry,
+        "workbook": workbook,
+    }
     for name, section in details.items():
         modules[name].plot(section, out / f"{name}.png")
 

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from benchmarks import common
 from benchmarks.features import raw_arrow_schema
-from workbook import lakehouse, names, simulator
+from workbook import lakehouse, names, registry, simulator
 from workbook.names import BATCH_ID
 
 TARGET_P50_MS = 2000.0
@@ -169,7 +169,7 @@ def run(
     backlog_appends: int = 20,
     pool_size: int = 100_000,
 ) -> dict:
-    from workbook import inference, train
+    from workbook import inference
 
     config = simulator.SimulationConfig.from_json(
         Path(lakehouse.location(names.SIMULATION_MANIFEST)).read_text()
@@ -187,10 +187,11 @@ def run(
         raw_path, producer.pool.schema, configuration={"delta.checkpointInterval": "10"}
     )
 
-    model, _metadata = train.load_model(spark, lakehouse.location(names.MODEL))
+    model, champion = registry.load_spark_model(spark, names.CHAMPION)
     query = inference.start_scoring(
         spark,
         model,
+        champion.version,
         str(raw_path),
         lakehouse.location(names.FEATURES_TABLE),
         str(predictions_path),

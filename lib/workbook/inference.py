@@ -24,6 +24,7 @@ PREDICTION_COLUMNS = (
     names.IS_FRAUD_PREDICTION,
     names.PREDICTION_SCORE,
     names.INFERENCE_TIMESTAMP,
+    names.MODEL_VERSION,
 )
 log = logging.getLogger(__name__)
 # A live micro-batch (a few thousand rows) is scored and written as one task and one file; a
@@ -31,20 +32,27 @@ log = logging.getLogger(__name__)
 ROWS_PER_TASK = 100_000
 
 
-def predictions(model: PipelineModel, transactions: DataFrame, features: DataFrame) -> DataFrame:
-    """The same feature vector as in training (a point-in-time join), scored by ``model``."""
+def predictions(
+    model: PipelineModel, transactions: DataFrame, features: DataFrame, model_version: str
+) -> DataFrame:
+    """The same feature vector as in training (a point-in-time join), scored by ``model``.
+
+    Each row names the registered ``model_version`` that scored it.
+    """
     scored = score(model, transaction_features(transactions, features))
     return scored.select(
         *PREDICTION_COLUMNS[:6],
         F.col(names.PREDICTION).cast("int").alias(names.IS_FRAUD_PREDICTION),
         names.PREDICTION_SCORE,
         F.current_timestamp().alias(names.INFERENCE_TIMESTAMP),
+        F.lit(str(model_version)).alias(names.MODEL_VERSION),
     )
 
 
 def start_scoring(
     spark: SparkSession,
     model: PipelineModel,
+    model_version: str,
     raw_path: str,
     features_path: str,
     predictions_path: str,
@@ -52,6 +60,8 @@ def start_scoring(
     processing_time: str | None = None,
 ):
     """Score the raw table's commits from ``starting_version`` on; append to the predictions table.
+
+    ``model_version`` is the registered version of ``model``, recorded in every prediction.
 
     With no ``processing_time`` the query drains what is there (AvailableNow) and stops. The
     checkpoint beside the table makes a rerun, or a restart after a crash, add nothing twice.
@@ -63,7 +73,9 @@ def start_scoring(
     if not lakehouse.exists(spark, f"{checkpoint}/offsets/0"):
         reader = reader.option("startingVersion", starting_version)
     new_transactions = reader.load(raw_path)
-    each_batch = partial(score_batch, model, FeatureDays(features_path), predictions_path)
+    each_batch = partial(
+        score_batch, model, model_version, FeatureDays(features_path), predictions_path
+    )
     writer = (
         new_transactions.writeStream.foreachBatch(each_batch)
         .option("checkpointLocation", checkpoint)
@@ -75,6 +87,7 @@ def start_scoring(
 
 def score_batch(
     model: PipelineModel,
+    model_version: str,
     features: FeatureDays,
     predictions_path: str,
     batch: DataFrame,
@@ -85,7 +98,9 @@ def score_batch(
     rows, days = batch.coalesce(1).agg(F.count(F.lit(1)), F.collect_set(as_of_date())).first()
     # One row per account and day: a day's rows are small enough to send to every task.
     history = F.broadcast(features.of_days(session, days))
-    scored = predictions(model, batch.coalesce(max(1, rows // ROWS_PER_TASK)), history)
+    scored = predictions(
+        model, batch.coalesce(max(1, rows // ROWS_PER_TASK)), history, model_version
+    )
     # What the Delta sink does: the commit records (query id, batch id), and a batch replayed
     # after a crash between that commit and the checkpoint's is skipped. The query id is the
     # checkpoint's, so a fresh checkpoint writes again, as the Delta sink would.

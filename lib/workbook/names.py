@@ -125,3 +125,9 @@ PREDICTION = "prediction"  # Spark's decision at the model's threshold
 PREDICTION_SCORE = "prediction_score"  # the probability of fraud
 IS_FRAUD_PREDICTION = "is_fraud_prediction"
 INFERENCE_TIMESTAMP = "inference_timestamp"
+MODEL_VERSION = "model_version"  # the registered version that scored a prediction
+
+# Experiment tracking and the model registry (MLflow); the model's name is MODEL's.
+EXPERIMENT = "financial_fraud_scoring"
+CHAMPION = "champion"  # the alias of the version in use
+CHALLENGER = "challenger"  # the alias of a version being evaluated

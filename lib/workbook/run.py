@@ -118,7 +118,10 @@ def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dic
             "predictions": report.get("prediction_rows"),
             "online_store": report.get("online_rows"),
         },
-        "model": {"roc_auc": report.get("roc_auc"), "pr_auc": report.get("pr_auc")},
+        "model": {
+            k: report.get(k)
+            for k in ("roc_auc", "pr_auc", "registered_version", "alias", "tracking_uri")
+        },
         "lookup_latency": {k: report.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
         "wall_seconds": {**wall, "total": round(sum(wall.values()), 1)},
         "peak_rss_mb": round(peak_mb),

@@ -45,9 +45,10 @@ class PointInTimeError(ValueError):
 def export_model(model, metadata: Mapping | None = None) -> dict:
     """The parameters of a fitted indexer, one-hot, assembler, scaler, logistic-regression pipeline.
 
-    The decision threshold comes from ``metadata["threshold"]`` and must equal the one set
-    on the model's last stage (``train.set_threshold``), so Spark's ``prediction`` column and
-    the exported model decide with the same value.
+    The decision threshold is the one set on the model's last stage (``train.set_threshold``);
+    if ``metadata`` (the training run's record) names one, it must be the same, so Spark's
+    ``prediction`` column and the exported model decide with the same value. The record
+    itself stays in the training run: the export holds what scoring needs, nothing more.
     """
     from pyspark.ml.classification import LogisticRegressionModel
     from pyspark.ml.feature import (
@@ -125,11 +126,7 @@ def export_model(model, metadata: Mapping | None = None) -> dict:
         },
         "threshold": threshold,
     }
-    return {
-        "model_version": _version(params),
-        **params,
-        "metadata": json.loads(json.dumps(dict(metadata or {}), default=str)),
-    }
+    return {"model_version": _version(params), **params}
 
 
 def export_json(model, metadata: Mapping | None = None) -> str:
@@ -194,11 +191,12 @@ def _is_missing(value) -> bool:
 class ScoringModel:
     """The exported pipeline, applied with numpy exactly as Spark applies each stage."""
 
-    def __init__(self, artifact: Mapping):
+    def __init__(self, artifact: Mapping, version: str | None = None):
+        """``version``: the registered version it came from; the artifact's hash by default."""
         if artifact.get("format") != ARTIFACT_FORMAT:
             raise ValueError(f"not a scoring artifact of format {ARTIFACT_FORMAT}")
         self.artifact = artifact
-        self.version: str = artifact["model_version"]
+        self.version: str = version or artifact["model_version"]
         self.threshold: float = float(artifact["threshold"])
         self._indexers = artifact["indexers"]
         self._label_index = [

@@ -51,6 +51,9 @@ SERVICES = {
     "kafka": Service("Kafka", "KAFKA_BOOTSTRAP_SERVERS", "kafka"),
     "postgres": Service("PostgreSQL (online feature store)", "PGHOST", "postgres"),
     "spark": Service("The Spark standalone master", "SPARK_MASTER_URL", "spark-master"),
+    "mlflow": Service(
+        "The MLflow tracking server (model registry)", "MLFLOW_TRACKING_URI", "mlflow"
+    ),
 }
 
 
@@ -134,8 +137,8 @@ def recreate_topic(partitions: int = 3, timeout: float = 30.0) -> None:
 
 
 def reset() -> None:
-    """Empty the stack for a fresh start: buckets, the topic and the online tables."""
-    from workbook import store
+    """Empty the stack for a fresh start: buckets, topic, online tables and the registry."""
+    from workbook import registry, store
 
     print(f"S3: {empty_buckets():,} objects deleted from the workbook's buckets")
     recreate_topic()
@@ -146,6 +149,7 @@ def reset() -> None:
     finally:
         conn.close()
     print("PostgreSQL: online tables dropped")
+    print(f"MLflow: registered model deleted, {registry.reset():,} runs deleted")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import signal
@@ -30,11 +31,13 @@ from fastapi.responses import JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
 from starlette.concurrency import run_in_threadpool
 
-from workbook import lakehouse, names, scoring, store
+from workbook import names, scoring, store
 from workbook.config import MissingSettingError, load_dotenv
 from workbook.contract import ACCOUNT_ID_PATTERN, KNOWN_CURRENCIES, MAX_AMOUNT, TEXT_LIMIT
+from workbook.services import ServiceUnavailableError
 
 MAX_BATCH = 100  # accounts per POST /features/batch: one query, a bounded answer
+log = logging.getLogger("workbook.serving")
 
 
 class Transaction(BaseModel):
@@ -127,25 +130,42 @@ FeaturesBatch = create_model(
 
 
 class Service:
-    """What the handlers share: the reader's connection pool and the exported model.
+    """What the handlers share: the reader's connection pool and the model in use.
 
-    Either may be missing at startup (PostgreSQL not up yet, no model trained yet); the
-    service starts anyway, answers 503 with the reason, and retries on the next request.
+    The model is the registry's champion (``registry.load_scoring_model``), or a fixed
+    scoring artifact when ``model_location`` is given. Either the pool or the model may be
+    missing at startup (PostgreSQL not up yet, no model trained yet); the service starts
+    anyway, answers 503 with the reason, and retries on the next request.
+
+    A watcher asks the registry every ``poll_seconds`` which version carries the alias; a
+    new one is loaded whole, then swapped in with one assignment, so a request scores with
+    either the old model or the new one, never with half of one.
     """
 
-    def __init__(self, model_location: str | None = None, conninfo: str | None = None):
-        self.model_location = model_location or scoring.artifact_location(
-            lakehouse.location(names.MODEL)
-        )
+    def __init__(
+        self,
+        model_location: str | None = None,
+        conninfo: str | None = None,
+        alias: str = names.CHAMPION,
+        poll_seconds: float | None = None,
+    ):
+        self.model_location = model_location
+        self.alias = None if model_location else alias
+        self.poll_seconds = poll_seconds or float(os.environ.get("SERVING_MODEL_POLL_SECONDS", 10))
         self._conninfo = conninfo
         self._lock = threading.Lock()
         self._store: store.FeatureStore | None = None
         self._model: scoring.ScoringModel | None = None
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     def open(self) -> None:
         for attempt in (self.store, self.model):
             with contextlib.suppress(HTTPException):  # reported by /health, retried per request
                 attempt()
+        if self.alias is not None:
+            self._watcher = threading.Thread(target=self._watch, name="model-watcher", daemon=True)
+            self._watcher.start()
 
     def store(self) -> store.FeatureStore:
         if self._store is not None:  # the usual case: no lock on the request path
@@ -159,30 +179,65 @@ class Service:
             return self._store
 
     def model(self) -> scoring.ScoringModel:
-        if self._model is not None:
-            return self._model
+        model = self._model  # one read: the watcher may swap it at any time
+        if model is not None:
+            return model
         with self._lock:
             if self._model is None:
-                try:
-                    self._model = scoring.ScoringModel.load(self.model_location)
-                except FileNotFoundError:
-                    raise HTTPException(
-                        503,
-                        f"no exported model at {lakehouse.shown(self.model_location)}: "
-                        "run notebook 03_train first",
-                    ) from None
+                self._model = self._load()
             return self._model
 
+    def _load(self) -> scoring.ScoringModel:
+        if self.model_location is not None:
+            try:
+                return scoring.ScoringModel.load(self.model_location)
+            except FileNotFoundError:
+                raise HTTPException(503, f"no scoring artifact at {self.model_location}") from None
+        from workbook import registry  # MLflow: imported when first needed, without Spark
+
+        try:
+            return registry.load_scoring_model(self.alias)
+        except (registry.AliasNotFoundError, ServiceUnavailableError, MissingSettingError) as error:
+            raise HTTPException(503, str(error)) from None
+
+    def refresh(self) -> bool:
+        """Load the version that carries the alias now, if it is not the one in use."""
+        from workbook import registry
+
+        current = self._model
+        wanted = str(registry.alias_version(self.alias).version)
+        if current is not None and current.version == wanted:
+            return False
+        loaded = registry.load_scoring_model(self.alias)
+        self._model = loaded
+        log.info("model %s@%s: now version %s", registry.MODEL_NAME, self.alias, loaded.version)
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception as error:  # the registry is down or the alias gone: keep serving
+                log.warning("model watcher: %s", error)
+
     def close(self) -> None:
+        self._stop.set()
         with self._lock:
             if self._store is not None:
                 self._store.close()
                 self._store = None
 
 
-def create_app(model_location: str | None = None, conninfo: str | None = None) -> FastAPI:
-    """The application; ``conninfo`` overrides the reader's connection (tests use it)."""
-    service = Service(model_location, conninfo)
+def create_app(
+    model_location: str | None = None,
+    conninfo: str | None = None,
+    poll_seconds: float | None = None,
+) -> FastAPI:
+    """The application; ``conninfo`` overrides the reader's connection (tests use it).
+
+    Without ``model_location`` the model is the registry's champion, followed as it moves.
+    """
+    service = Service(model_location, conninfo, poll_seconds=poll_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -219,7 +274,12 @@ def create_app(model_location: str | None = None, conninfo: str | None = None) -
             model = service.model().version
         except HTTPException as missing:
             model = f"unavailable: {missing.detail}"
-        return {"status": "ok", "postgres": "ok", "model_version": model}
+        return {
+            "status": "ok",
+            "postgres": "ok",
+            "model_version": model,
+            "model_alias": service.alias,
+        }
 
     @app.get(
         "/features/{account_id}",
@@ -286,9 +346,15 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=int(os.environ.get("SERVING_PORT", 8000)))
-    parser.add_argument("--model", help="the scoring artifact (default: beside the trained model)")
+    parser.add_argument(
+        "--model",
+        help="a fixed scoring artifact (scoring.json) instead of the registry's champion",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request")
     args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     # uvicorn shuts down gracefully on SIGTERM and then raises the signal again, which would
     # skip atexit handlers; the embedded PostgreSQL counts its users with them.
     signal.signal(signal.SIGTERM, _exit_normally)

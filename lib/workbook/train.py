@@ -14,11 +14,10 @@ from pyspark.ml.functions import vector_to_array
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from workbook import lakehouse, metrics, names, scoring
+from workbook import lakehouse, metrics, names
 from workbook.features import transaction_features
 from workbook.simulator import SimulationConfig
 
-METADATA_FILE = "workbook_metadata.json"
 # The tables a model is trained on, each read at one version (Delta time travel).
 INPUT_TABLES = (names.RAW_TABLE, names.FEATURES_TABLE, names.LABELS_TABLE)
 
@@ -140,6 +139,14 @@ def model_metadata(
     }
 
 
+def run_parameters(
+    config: SimulationConfig, reg_param: float, max_iter: int, test_days: int
+) -> dict:
+    """A training run's parameters: the model's, the split's and the simulator's settings."""
+    simulation = {f"simulation.{k}": v for k, v in json.loads(config.to_json()).items()}
+    return {"reg_param": reg_param, "max_iter": max_iter, "test_days": test_days, **simulation}
+
+
 def trained_on_version(metadata: dict, table: names.Location = names.RAW_TABLE) -> int:
     """The version of ``table`` a model was trained on: later commits are new to it."""
     return metadata["table_versions"][table.name]
@@ -149,23 +156,3 @@ def set_threshold(model: PipelineModel, threshold: float) -> PipelineModel:
     """Make the pipeline's ``prediction`` column use the chosen decision threshold."""
     model.stages[-1].setThreshold(threshold)
     return model
-
-
-def save_model(spark, model: PipelineModel, path: str, metadata: dict) -> None:
-    """Save, overwriting any earlier model, with a file that says what it was trained on.
-
-    Beside them goes the model exported for scoring without Spark (``scoring.ARTIFACT_FILE``),
-    so the serving path always scores with the pipeline saved here.
-    """
-    exported = scoring.export_json(model, metadata)  # first: an unexportable model saves nothing
-    model.write().overwrite().save(path)
-    lakehouse.write_text(
-        spark, f"{path}/{METADATA_FILE}", json.dumps(metadata, indent=2, default=str)
-    )
-    lakehouse.write_text(spark, scoring.artifact_location(path), exported)
-
-
-def load_model(spark, path: str) -> tuple[PipelineModel, dict]:
-    return PipelineModel.load(path), json.loads(
-        lakehouse.read_text(spark, f"{path}/{METADATA_FILE}")
-    )

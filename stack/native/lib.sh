@@ -9,6 +9,7 @@ LOGS="$STACK/logs"
 RUN="$STACK/run"
 CONF="$STACK/conf"
 PY="${STACK_PYTHON:-$ROOT/.venv/bin/python}"
+MLFLOW_BIN="${STACK_MLFLOW:-$ROOT/.venv-mlflow/bin/mlflow}"
 # Seconds to wait for each service: the machine may be small and busy.
 TIMEOUT="${STACK_TIMEOUT:-180}"
 
@@ -72,12 +73,13 @@ $(tail -n 15 "$logfile" 2>/dev/null)"
 stop_pid() {
   local name="$1" pid i
   if pid="$(running_pid "$name")"; then
-    kill -TERM "$pid" 2>/dev/null || true
+    # spawn made it a session (and group) leader: the signal reaches its children too.
+    kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < 30; i++)); do
       kill -0 "$pid" 2>/dev/null || break
       sleep 1
     done
-    if kill -0 "$pid" 2>/dev/null; then kill -KILL "$pid" 2>/dev/null || true; fi
+    if kill -0 "$pid" 2>/dev/null; then kill -KILL -- "-$pid" 2>/dev/null || true; fi
     log "$name: stopped"
   else
     log "$name: not running"

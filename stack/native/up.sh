@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts the services of the `stack` profile natively on loopback, without Docker:
-# S3 (S3Proxy), PostgreSQL, Kafka (KRaft) and a Spark standalone master with one worker.
+# S3 (S3Proxy), PostgreSQL, Kafka (KRaft), a Spark standalone master with one worker and
+# the MLflow tracking server (from .venv-mlflow: `make mlflow-env`).
 # Ports and credentials come from .env. Safe to rerun: running services are only checked.
 # Data, logs and pids live in .stack/ (data/, logs/, run/); stop with down.sh.
 set -euo pipefail
@@ -21,10 +22,12 @@ fi
 load_env
 for var in S3_ENDPOINT S3_ACCESS_KEY S3_SECRET_KEY PGHOST PGPORT PGDATABASE POSTGRES_PASSWORD \
   FEATURES_WRITER_USER FEATURES_WRITER_PASSWORD FEATURES_READER_USER FEATURES_READER_PASSWORD \
-  KAFKA_BOOTSTRAP_SERVERS SPARK_MASTER_URL SPARK_MASTER_WEBUI_PORT SPARK_WORKER_WEBUI_PORT; do
+  KAFKA_BOOTSTRAP_SERVERS SPARK_MASTER_URL SPARK_MASTER_WEBUI_PORT SPARK_WORKER_WEBUI_PORT \
+  MLFLOW_TRACKING_URI MLFLOW_DB MLFLOW_DB_USER MLFLOW_DB_PASSWORD; do
   [[ -n ${!var:-} ]] || die "$var is not set: add it to .env (see .env.example)"
 done
 [[ -x $PY ]] || die "no Python at $PY: run 'make setup' first (or set STACK_PYTHON)"
+[[ -x $MLFLOW_BIN ]] || die "no MLflow server at $MLFLOW_BIN: run 'make mlflow-env' first"
 mkdir -p "$JARS" "$DATA" "$LOGS" "$RUN" "$CONF"
 
 # Debian packages this needs; docker-compose is only used to validate the compose file.
@@ -285,10 +288,37 @@ start_spark() {
   log "Spark $version standalone: ready at $SPARK_MASTER_URL, 1 worker alive, UI $ui$note"
 }
 
+# --- MLflow tracking server: runs and the registry in PostgreSQL, artifacts in S3 --------
+mlflow_ready() { curl -fsS "$MLFLOW_TRACKING_URI/health" >/dev/null; }
+
+start_mlflow() {
+  local host port note models
+  host="$(url_host "$MLFLOW_TRACKING_URI")" port="$(url_port "$MLFLOW_TRACKING_URI")"
+  models="$("$PY" -c 'from workbook.names import MODEL; print(f"s3://{MODEL.bucket}/{MODEL.name}")')"
+  note="$(started_note mlflow)"
+  if [[ -z $note ]]; then
+    ensure_free MLflow "$host" "$port"
+    mkdir -p "$DATA/mlflow"
+    # Credentials reach the server through its environment, never its command line. The
+    # server keeps artifacts under s3://models-bucket/financial_fraud_model and serves them.
+    MLFLOW_BACKEND_STORE_URI="postgresql://$MLFLOW_DB_USER:$MLFLOW_DB_PASSWORD@$PGHOST:$PGPORT/$MLFLOW_DB" \
+      MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" \
+      AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
+      spawn mlflow "$MLFLOW_BIN" server --host "$host" --port "$port" --workers 1 \
+      --serve-artifacts --artifacts-destination "$models" \
+      --uvicorn-opts "--app-dir $DATA/mlflow"
+  fi
+  wait_for "MLflow" mlflow "$LOGS/mlflow.log" mlflow_ready
+  local version
+  version="$("$MLFLOW_BIN" --version | awk '{print $NF}')"
+  log "MLflow $version: ready at $MLFLOW_TRACKING_URI, artifacts in $models$note"
+}
+
 install_packages
 fetch_jars
 start_s3
 start_postgres
 start_kafka
 start_spark
+start_mlflow
 log "stack is up; logs in $LOGS, stop with stack/native/down.sh"

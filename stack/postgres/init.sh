@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Creates the online feature store: the database, a writer role that owns it and a
-# read-only role for lookups. Safe to run again: it creates what is missing and resets
-# the passwords from the environment.
+# read-only role for lookups; and the MLflow tracking server's database with a role of its
+# own. Safe to run again: it creates what is missing and resets the passwords from the
+# environment.
 #
 # Used twice:
 # - by the postgres image from /docker-entrypoint-initdb.d/ (connected as POSTGRES_USER
@@ -10,7 +11,8 @@
 # Connection settings otherwise follow libpq's environment (PGHOST, PGPORT).
 #
 # Needs: FEATURES_WRITER_USER, FEATURES_WRITER_PASSWORD, FEATURES_READER_USER,
-# FEATURES_READER_PASSWORD; the database is PGDATABASE (or POSTGRES_DB); psql 15 or newer.
+# FEATURES_READER_PASSWORD, MLFLOW_DB_USER, MLFLOW_DB_PASSWORD (MLFLOW_DB, default mlflow);
+# the feature database is PGDATABASE (or POSTGRES_DB); psql 15 or newer.
 
 # The body runs in a subshell: the image sources scripts that are not executable, and
 # this keeps its shell options away from the entrypoint's shell.
@@ -57,4 +59,23 @@ SQL
     "writer $FEATURES_WRITER_USER, reader $FEATURES_READER_USER"
 )
 
+# MLflow's tracking server owns its database; no other role may connect to it.
+init_mlflow_store() (
+  set -euo pipefail
+  : "${MLFLOW_DB_USER:?}" "${MLFLOW_DB_PASSWORD:?}"
+  psql -X -q -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+    -v db="${MLFLOW_DB:-mlflow}" -v owner="$MLFLOW_DB_USER" <<'SQL'
+\getenv owner_password MLFLOW_DB_PASSWORD
+SELECT format('CREATE ROLE %I LOGIN', :'owner')
+ WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'owner') \gexec
+ALTER ROLE :"owner" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'owner_password';
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
+ WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = :'db') \gexec
+ALTER DATABASE :"db" OWNER TO :"owner";
+REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
+SQL
+  echo "MLflow store ready: database ${MLFLOW_DB:-mlflow}, owner $MLFLOW_DB_USER"
+)
+
 init_feature_store
+init_mlflow_store

@@ -129,7 +129,7 @@ def test_scoring_batch_replayed_after_its_commit(spark, scoring_lakehouse, tally
 
     def score() -> None:
         inference.start_scoring(
-            spark, model, paths["raw"], paths["features"], predictions, starting_version=0
+            spark, model, "test", paths["raw"], paths["features"], predictions, starting_version=0
         ).awaitTermination()
 
     with tally.fault("streaming scoring: batch replayed after its commit") as outcome:

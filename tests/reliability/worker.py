@@ -78,6 +78,7 @@ def run(task: dict) -> None:
         query = inference.start_scoring(
             spark,
             PipelineModel.load(task["model"]),
+            "test",
             task["raw"],
             task["features"],
             task["predictions"],

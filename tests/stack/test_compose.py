@@ -26,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
 ENV_EXAMPLE = REPO / ".env.example"
 DOCKERFILE = REPO / "stack" / "jupyter" / "Dockerfile"
+DOCKERFILES = (DOCKERFILE, REPO / "stack" / "mlflow" / "Dockerfile")
 
 ONE_SHOT = {"minio-init", "kafka-init"}
 # Interpolation would let the caller's environment override the env file: keep it out.
@@ -115,6 +116,7 @@ def expected_ports(env: dict[str, str]) -> dict[tuple[str, int], int]:
         ("spark-worker", 8081): int(env["SPARK_WORKER_WEBUI_PORT"]),
         ("jupyterlab", 8888): int(env["JUPYTER_PORT"]),
         ("serving", 8000): int(env["SERVING_PORT"]),
+        ("mlflow", 5000): port_of(env["MLFLOW_TRACKING_URI"]),
     }
 
 
@@ -291,7 +293,7 @@ def test_credentials_are_references_to_env_example(raw, env):
 
 
 def test_no_literal_secrets(env):
-    texts = {p.name: p.read_text() for p in (COMPOSE_FILE, DOCKERFILE)}
+    texts = {str(p.relative_to(REPO)): p.read_text() for p in (COMPOSE_FILE, *DOCKERFILES)}
     assert literal_secret_problems(texts, env) == []
 
 
@@ -309,6 +311,10 @@ def test_each_service_gets_its_own_role(config, env):
     for name in ("jupyterlab", "serving"):
         assert services[name]["WORKBOOK_PROFILE"] == "stack"
         assert services[name]["PGHOST"] == "postgres"
+    # The registry's database has a role of its own; the service needs no S3 keys.
+    assert services["mlflow"]["MLFLOW_DB_USER"] == env["MLFLOW_DB_USER"]
+    assert services["postgres"]["MLFLOW_DB_PASSWORD"] == env["MLFLOW_DB_PASSWORD"]
+    assert not {"S3_ACCESS_KEY", "S3_SECRET_KEY"} & set(services["serving"])
 
 
 def test_containers_use_the_internal_addresses(config, env):
@@ -316,6 +322,8 @@ def test_containers_use_the_internal_addresses(config, env):
     assert lab["S3_ENDPOINT"] == "http://minio:9000"
     assert lab["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert lab["SPARK_MASTER_URL"] == "spark://spark-master:7077"
+    for name in ("jupyterlab", "serving"):
+        assert environment(config["services"][name])["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     kafka = environment(config["services"]["kafka"])
     assert "INTERNAL://kafka:9092" in kafka["KAFKA_ADVERTISED_LISTENERS"]
     assert f"HOST://{env['KAFKA_BOOTSTRAP_SERVERS']}" in kafka["KAFKA_ADVERTISED_LISTENERS"]
@@ -333,9 +341,10 @@ def test_images_are_pinned(config):
     assert image_problems(config) == []
 
 
-def test_jupyter_base_image_is_pinned():
-    bases = re.findall(r"^FROM\s+(\S+)", DOCKERFILE.read_text(), flags=re.MULTILINE)
-    assert bases, "stack/jupyter/Dockerfile has no FROM"
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
+def test_base_images_are_pinned(dockerfile):
+    bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE)
+    assert bases, f"{dockerfile} has no FROM"
     for base in bases:
         assert PINNED_TAG.search(base.rsplit(":", 1)[-1]), f"{base} is not pinned"
 
@@ -354,7 +363,7 @@ def test_services_start_in_order(config):
 
 def test_serving_waits_for_its_stores_and_checks_health(config):
     serving = config["services"]["serving"]
-    assert {"postgres", "minio-init"} <= set(serving["depends_on"])
+    assert {"postgres", "mlflow"} <= set(serving["depends_on"])
     assert "/health" in " ".join(serving["healthcheck"]["test"])
 
 

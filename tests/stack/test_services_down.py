@@ -20,6 +20,13 @@ CLOSED = "127.0.0.1:9"  # the discard port: nothing listens on it here
         ("S3_ENDPOINT", f"http://{CLOSED}", "01_ingest", "get_spark(", "S3 object storage"),
         ("KAFKA_BOOTSTRAP_SERVERS", CLOSED, "01_ingest", "sources.publish(", "Kafka"),
         ("PGPORT", "9", "05_feature_store", "store.connect(", "PostgreSQL"),
+        (
+            "MLFLOW_TRACKING_URI",
+            f"http://{CLOSED}",
+            "03_train",
+            "registry.check_available(",
+            "MLflow",
+        ),
     ],
 )
 def test_a_down_service_is_named_where_it_is_first_needed(

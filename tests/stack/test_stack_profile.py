@@ -10,7 +10,7 @@ from datetime import datetime
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from workbook import lakehouse, names, services
+from workbook import lakehouse, names, registry, services
 from workbook.config import get_settings
 
 
@@ -57,8 +57,12 @@ def test_features_and_training_ran_on_the_standalone_cluster(spark):
     assert first_merge is not None, "02_features wrote no MERGE"
     assert ran_on_cluster(apps.get("02_features", []), first_merge["timestamp"]), apps.keys()
 
+    # The run's record, written by the MLflow server into the models bucket.
     bucket, model = names.MODEL
-    saved = services.s3_client().stat_object(bucket, f"{model}/workbook_metadata.json")
+    objects = services.s3_client().list_objects(bucket, prefix=f"{model}/", recursive=True)
+    records = [o for o in objects if o.object_name.endswith(f"/{registry.METADATA_FILE}")]
+    assert records, f"no {registry.METADATA_FILE} of a training run in s3://{bucket}/{model}"
+    saved = max(records, key=lambda o: o.last_modified)
     assert ran_on_cluster(apps.get("03_train", []), saved.last_modified), apps.keys()
 
 

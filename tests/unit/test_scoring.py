@@ -105,24 +105,6 @@ def test_unknown_and_missing_categories_follow_handle_invalid(spark, trained):
         scoring.ScoringModel(artifact).probabilities(odd)
 
 
-def test_saving_exports_beside_the_model(spark, trained, tmp_path):
-    model, test_df = trained
-    path = str(tmp_path / "model")
-    train.save_model(spark, model, path, {"threshold": 0.62, "note": date(2025, 1, 1)})
-    loaded = scoring.ScoringModel.load(path)
-    assert loaded.version == scoring.ScoringModel.load(scoring.artifact_location(path)).version
-    assert loaded.version == scoring.export_model(model)["model_version"]
-    assert loaded.artifact["metadata"]["note"] == "2025-01-01"
-    rows = test_df.limit(50).toPandas()
-    reloaded, _ = train.load_model(spark, path)
-    assert (
-        np.max(
-            np.abs(loaded.probabilities(rows) - spark_probabilities(reloaded, test_df.limit(50)))
-        )
-        < 1e-6
-    )
-
-
 def test_threshold_must_match_the_model(trained):
     model, _ = trained
     with pytest.raises(ValueError, match="set_threshold"):
@@ -268,7 +250,7 @@ def test_a_live_query_scores_each_new_transaction_once_as_batch_scoring_does(
     append.save(raw_path)  # version 1, where scoring starts
 
     query = inference.start_scoring(
-        spark, model, raw_path, features_path, predictions_path, 1, processing_time="1 second"
+        spark, model, "v1", raw_path, features_path, predictions_path, 1, processing_time="1 second"
     )
     try:
         for new_day in last_days[1:]:
@@ -282,7 +264,8 @@ def test_a_live_query_scores_each_new_transaction_once_as_batch_scoring_does(
     got = spark.read.format("delta").load(predictions_path).toPandas()
     assert got[names.TRANSACTION_ID].is_unique
     assert sum(p["numInputRows"] > 0 for p in query.recentProgress) >= 2  # batch after batch
-    expected = inference.predictions(model, new, daily).toPandas()
+    expected = inference.predictions(model, new, daily, "v1").toPandas()
+    assert (got[names.MODEL_VERSION] == "v1").all(), "each prediction names its model version"
     both = got.merge(expected, on=names.TRANSACTION_ID, suffixes=("", "_batch"))
     assert len(both) == len(expected) == len(got)
     assert np.allclose(

@@ -86,7 +86,7 @@ def artifact() -> dict:
         },
         "threshold": 0.5,
     }
-    return {"model_version": scoring._version(params), **params, "metadata": {}}
+    return {"model_version": scoring._version(params), **params}
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +142,7 @@ def test_health(client):
         "status": "ok",
         "postgres": "ok",
         "model_version": artifact()["model_version"],
+        "model_alias": None,  # a fixed artifact, not the registry's
     }
 
 
@@ -350,11 +351,12 @@ def test_postgres_down_gives_503_naming_it(model_file):
         assert test_client.post("/score", json=transaction()).status_code == 503
 
 
-def test_no_model_gives_503_naming_the_training_notebook(materialized, tmp_path):
-    with TestClient(serving.create_app(str(tmp_path / "missing.json"))) as test_client:
+def test_no_model_gives_503_naming_what_is_missing(materialized, tmp_path):
+    missing = tmp_path / "missing.json"
+    with TestClient(serving.create_app(str(missing))) as test_client:
         response = test_client.post("/score", json=transaction())
         assert response.status_code == 503
-        assert "03_train" in response.json()["detail"]
+        assert str(missing) in response.json()["detail"]
         assert test_client.get("/features/ACC000001").status_code == 200
         assert "unavailable" in test_client.get("/health").json()["model_version"]
 

@@ -1,0 +1,425 @@
+"""Experiment tracking and the model registry (MLflow): the one place that knows them.
+
+Every training run is an MLflow run of the workbook's experiment: its parameters, the Delta
+tables it read (each at its version), its metrics and the model's baseline's, plots, the
+model exported for scoring without Spark, and the Spark pipeline. A run registers a version
+of ``financial_fraud_model``; the alias ``champion`` names the version in use. Consumers
+(streaming scoring, the scoring service) load a model by alias, never by a path.
+
+Where MLflow keeps things depends on the profile, nothing else does:
+- local: a SQLite store in ``<lakehouse>/_mlflow`` and artifacts in the lakehouse's models
+  bucket folder; no server, nothing to start (``make reset`` removes both);
+- stack: the tracking server at ``MLFLOW_TRACKING_URI`` (PostgreSQL behind it), which keeps
+  the artifacts in ``models-bucket`` and serves them, so clients need no S3 keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+
+from workbook import lakehouse, names, scoring, services
+from workbook.config import get_settings, required
+
+MODEL_NAME = names.MODEL.name
+FINGERPRINT_TAG = "workbook.fingerprint"
+METADATA_FILE = "metadata.json"  # the run's record: features, table versions, split, metrics
+SCORING_FILE = f"scoring/{scoring.ARTIFACT_FILE}"
+MODEL_PATH = "model"  # the Spark pipeline, within the run's artifacts
+
+
+class AliasNotFoundError(LookupError):
+    """No version of the model carries the alias asked for."""
+
+
+def tracking_uri() -> str:
+    """The tracking store (and registry) of the active profile."""
+    settings = get_settings()
+    if settings.profile == "stack":
+        return required("MLFLOW_TRACKING_URI")
+    folder = settings.lakehouse / "_mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _artifact_root() -> str | None:
+    """Locally, artifacts live in the models bucket's folder; on the stack the server decides."""
+    if get_settings().profile == "stack":
+        return None
+    return Path(lakehouse.location(names.MODEL)).as_uri()
+
+
+@contextlib.contextmanager
+def _without_spark():
+    """Import MLflow without pyspark in a process that has not imported it.
+
+    MLflow's type module imports pyspark whenever it is installed, only to know Spark's
+    types: about 90 modules for a process, such as the scoring service, that never starts
+    a JVM. A process that uses Spark has imported it already and is left as it is.
+    """
+    if "pyspark" in sys.modules:
+        yield
+        return
+    sys.modules["pyspark"] = None  # makes `import pyspark` raise ImportError
+    try:
+        yield
+    finally:
+        del sys.modules["pyspark"]
+
+
+def _mlflow():
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with _without_spark(), warnings.catch_warnings():
+        # MLflow imports tqdm.auto (now or at its first download), which warns in a notebook
+        # without ipywidgets; MLflow's bars are off, so it is imported here, quietly.
+        warnings.filterwarnings("ignore", "IProgress not found")
+        import mlflow
+        import tqdm.auto  # noqa: F401
+    # Store migrations and registrations log at INFO; notebooks show what matters themselves.
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    return mlflow
+
+
+def check_available() -> None:
+    """On the stack, raise a clear error unless the tracking server accepts connections."""
+    if get_settings().profile == "stack":
+        services.require("mlflow")
+
+
+def client():
+    """An ``MlflowClient`` on the profile's store, after checking that it answers."""
+    check_available()
+    uri = tracking_uri()
+    mlflow = _mlflow()
+    mlflow.set_tracking_uri(uri)  # for the fluent API (runs, artifacts) as well
+    mlflow.set_registry_uri(uri)
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def experiment_id(mlflow_client=None) -> str:
+    """The workbook's experiment, created on first use."""
+    mlflow_client = mlflow_client or client()
+    found = mlflow_client.get_experiment_by_name(names.EXPERIMENT)
+    if found is not None:
+        return found.experiment_id
+    return mlflow_client.create_experiment(names.EXPERIMENT, artifact_location=_artifact_root())
+
+
+def location_shown() -> str:
+    """Where the registry is, as a notebook shows it (no host, no credentials)."""
+    if get_settings().profile == "stack":
+        return "the MLflow tracking server (MLFLOW_TRACKING_URI)"
+    return "sqlite:///" + lakehouse.shown(tracking_uri().removeprefix("sqlite:///"))
+
+
+# -- recording a training run ---------------------------------------------------------------
+
+
+def fingerprint(parameters: dict, table_versions: dict[str, int]) -> str:
+    """What a model is a function of: its parameters and the table versions it read."""
+    canonical = json.dumps(
+        {"parameters": parameters, "table_versions": table_versions},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrainingRun:
+    run_id: str
+    fingerprint: str
+    url: str  # where to open it: the run's page, or its folder locally
+
+
+def _table_dataset(spark, table: names.Location, version: int):
+    """A Delta table at one version, as an MLflow dataset input."""
+    _mlflow()
+    from mlflow.data.delta_dataset_source import DeltaDatasetSource
+    from mlflow.data.spark_dataset import SparkDataset
+
+    class DeltaTableAtVersion(SparkDataset):
+        @property
+        def profile(self):
+            return None  # MLflow counts rows with Python on the executors; not worth it here
+
+    path = lakehouse.location(table)
+    frame = lakehouse.read_table(spark, table, version)
+    source = DeltaDatasetSource(path=path, delta_table_version=version)
+    # The digest names the version: MLflow's source leaves version 0 out.
+    return DeltaTableAtVersion(
+        df=frame, source=source, name=table.name, digest=f"{table.name}@v{version}"
+    )
+
+
+def log_training_run(
+    spark,
+    model,
+    *,
+    parameters: dict,
+    metadata: dict,
+    input_example,
+    figures: dict | None = None,
+) -> TrainingRun:
+    """Record one training run: everything a reader needs to trust or reproduce the model.
+
+    ``metadata`` is ``train.model_metadata``: its table versions become the run's dataset
+    inputs, its metrics the run's metrics (the model's and the amount rule's), and it is
+    kept whole as ``metadata.json``. ``input_example`` (a few rows of the model's inputs,
+    pandas) gives the logged pipeline its signature.
+    """
+    mlflow = _mlflow()
+    from mlflow.models import infer_signature
+
+    mlflow_client = client()
+    versions = metadata["table_versions"]
+    inputs_print = fingerprint(parameters, versions)
+    exported = scoring.export_json(model, metadata)  # before anything is logged
+    tags = {
+        FINGERPRINT_TAG: inputs_print,
+        "workbook.profile": get_settings().profile,
+        "mlflow.source.git.commit": _git_commit() or "unknown",
+    }
+    with (
+        mlflow.start_run(experiment_id=experiment_id(mlflow_client), tags=tags) as run,
+        warnings.catch_warnings(),
+    ):
+        # MLflow hints that integer columns cannot hold missing values: the tables' counts
+        # have none, and the model's inputs are doubles.
+        warnings.filterwarnings("ignore", "Hint: Inferred schema", UserWarning)
+        mlflow.log_params(parameters)
+        for table in _input_tables():
+            dataset = _table_dataset(spark, table, versions[table.name])
+            mlflow.log_input(dataset, context="training")
+        for kind, values in metadata["metrics"].items():  # the model's (test), the rule's
+            mlflow.log_metrics({f"{kind}_{k}": float(v) for k, v in values.items()})
+        mlflow.log_dict(metadata, METADATA_FILE)
+        mlflow.log_text(exported, SCORING_FILE)
+        for name, figure in (figures or {}).items():
+            mlflow.log_figure(figure, f"plots/{name}.png")
+        scores = scoring.ScoringModel.from_json(exported).probabilities(input_example)
+        signature = infer_signature(input_example, scores)
+        _log_spark_model(mlflow, spark, model, input_example, signature)
+    return TrainingRun(run.info.run_id, inputs_print, _run_url(run))
+
+
+def _log_spark_model(mlflow, spark, model, input_example, signature) -> None:
+    with _staging_file_system(spark):
+        mlflow.spark.log_model(
+            model,
+            MODEL_PATH,
+            signature=signature,
+            input_example=input_example,
+            # Given, so MLflow does not start a process to infer them from the model.
+            pip_requirements=[f"pyspark=={installed_version('pyspark')}"],
+            dfs_tmpdir=_dfs_tmpdir(),
+        )
+
+
+def _input_tables() -> tuple[names.Location, ...]:
+    from workbook.train import INPUT_TABLES
+
+    return INPUT_TABLES
+
+
+def _dfs_tmpdir() -> str:
+    """Where MLflow stages a Spark model for the cluster to read or write: beside the models."""
+    return lakehouse.location(names.Location(names.MODELS_BUCKET, "_mlflow_staging"))
+
+
+@contextlib.contextmanager
+def _staging_file_system(spark):
+    """Let MLflow stage Spark models in the models bucket on the stack.
+
+    MLflow copies a Spark model between the staging folder and local files through Hadoop's
+    *default* file system. On a cluster the staging folder must be one that the driver and
+    every executor reach, the models bucket, so for MLflow's copy the default is that
+    bucket; locally the default (this machine's disk) is already right.
+    """
+    if get_settings().profile != "stack":
+        yield
+        return
+    conf = spark._jsc.hadoopConfiguration()
+    before = conf.get("fs.defaultFS")
+    conf.set("fs.defaultFS", f"s3a://{names.MODELS_BUCKET}")
+    try:
+        yield
+    finally:
+        if before is None:
+            conf.unset("fs.defaultFS")
+        else:
+            conf.set("fs.defaultFS", before)
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    from workbook.config import REPO_ROOT
+
+    try:
+        result = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None
+
+
+def _run_url(run) -> str:
+    if get_settings().profile == "stack":
+        base = required("MLFLOW_TRACKING_URI").rstrip("/")
+        return f"{base}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    return lakehouse.shown(run.info.artifact_uri.removeprefix("file://"))
+
+
+# -- versions and aliases ---------------------------------------------------------------------
+
+
+def register(run: TrainingRun):
+    """The version of ``run``'s inputs: the existing one if a version has its fingerprint.
+
+    Returns ``(version, created)``. Registering does not move any alias.
+    """
+    mlflow_client = client()
+    existing = find_version(run.fingerprint, mlflow_client)
+    if existing is not None:
+        return existing, False
+    try:
+        mlflow_client.create_registered_model(MODEL_NAME)
+    except _mlflow().exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    created = mlflow_client.create_model_version(
+        MODEL_NAME,
+        source=f"runs:/{run.run_id}/{MODEL_PATH}",
+        run_id=run.run_id,
+        tags={FINGERPRINT_TAG: run.fingerprint},
+    )
+    return created, True
+
+
+def find_version(print_of_inputs: str, mlflow_client=None):
+    mlflow_client = mlflow_client or client()
+    found = mlflow_client.search_model_versions(
+        f"name = '{MODEL_NAME}' and tag.`{FINGERPRINT_TAG}` = '{print_of_inputs}'"
+    )
+    return min(found, key=lambda v: int(v.version)) if found else None
+
+
+def alias_version(alias: str = names.CHAMPION, mlflow_client=None):
+    """The model version that carries ``alias``; ``AliasNotFoundError`` if none does."""
+    mlflow = _mlflow()
+    mlflow_client = mlflow_client or client()
+    try:
+        return mlflow_client.get_model_version_by_alias(MODEL_NAME, alias)
+    except mlflow.exceptions.MlflowException as error:
+        if "not found" not in str(error).lower() and "does not exist" not in str(error).lower():
+            raise
+        raise AliasNotFoundError(
+            f"model {MODEL_NAME} has no version with the alias '{alias}' in "
+            f"{location_shown()}: run notebook 03_train to train and register one"
+        ) from None
+
+
+def set_alias(alias: str, version) -> None:
+    """Point ``alias`` at ``version``: done last, once the version is complete."""
+    client().set_registered_model_alias(MODEL_NAME, alias, str(version))
+
+
+def run_metadata(run_id: str) -> dict:
+    """The record a training run logged (``train.model_metadata``)."""
+    return json.loads(_download(run_id, METADATA_FILE))
+
+
+def _download(run_id: str, artifact_path: str) -> str:
+    mlflow = _mlflow()
+    with tempfile.TemporaryDirectory() as folder:
+        local = mlflow.artifacts.download_artifacts(
+            run_id=run_id,
+            artifact_path=artifact_path,
+            dst_path=folder,
+            tracking_uri=tracking_uri(),
+        )
+        return Path(local).read_text()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    version: str  # the registered version
+    run_id: str
+    metadata: dict
+
+
+def load_spark_model(spark, alias: str = names.CHAMPION, version=None):
+    """``(PipelineModel, LoadedModel)`` of the version that carries ``alias`` (or ``version``)."""
+    mlflow = _mlflow()
+    mlflow_client = client()
+    if version is None:
+        version = alias_version(alias, mlflow_client)
+    else:
+        version = mlflow_client.get_model_version(MODEL_NAME, str(version))
+    with _staging_file_system(spark):
+        model = mlflow.spark.load_model(
+            f"models:/{MODEL_NAME}/{version.version}", dfs_tmpdir=_dfs_tmpdir()
+        )
+    return model, LoadedModel(str(version.version), version.run_id, run_metadata(version.run_id))
+
+
+def load_scoring_model(alias: str = names.CHAMPION) -> scoring.ScoringModel:
+    """The numpy export of the version that carries ``alias``; no Spark needed."""
+    version = alias_version(alias)
+    artifact = json.loads(_download(version.run_id, SCORING_FILE))
+    return scoring.ScoringModel(artifact, version=str(version.version))
+
+
+RUN_COLUMNS = {
+    "run_id": "run",
+    f"tags.{FINGERPRINT_TAG}": "fingerprint",
+    "params.reg_param": "reg_param",
+    "params.max_iter": "max_iter",
+    "metrics.test_pr_auc": "pr_auc",
+    "metrics.test_roc_auc": "roc_auc",
+    "metrics.baseline_pr_auc": "rule_pr_auc",
+}
+
+
+def runs_table(max_results: int = 20):
+    """The experiment's runs, newest first: fingerprint, parameters and test metrics."""
+    mlflow = _mlflow()
+    frame = mlflow.search_runs(
+        [experiment_id(client())], max_results=max_results, order_by=["start_time DESC"]
+    )
+    present = [c for c in RUN_COLUMNS if c in frame.columns]
+    return frame[present].rename(columns=RUN_COLUMNS)
+
+
+def reset() -> int:
+    """Delete the registered model (its versions and aliases) and the experiment's runs.
+
+    For ``make stack-reset``: the next training run registers version 1 again. Returns the
+    number of runs deleted.
+    """
+    mlflow_client = client()
+    with contextlib.suppress(_mlflow().exceptions.MlflowException):
+        mlflow_client.delete_registered_model(MODEL_NAME)
+    found = mlflow_client.get_experiment_by_name(names.EXPERIMENT)
+    if found is None:
+        return 0
+    runs = mlflow_client.search_runs([found.experiment_id], max_results=50_000)
+    for run in runs:
+        mlflow_client.delete_run(run.info.run_id)
+    return len(runs)
