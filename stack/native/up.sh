@@ -301,9 +301,11 @@ start_mlflow() {
     mkdir -p "$DATA/mlflow"
     # Credentials reach the server through its environment, never its command line. The
     # server keeps artifacts under s3://models-bucket/financial_fraud_model and serves them.
-    MLFLOW_BACKEND_STORE_URI="postgresql://$MLFLOW_DB_USER:$MLFLOW_DB_PASSWORD@$PGHOST:$PGPORT/$MLFLOW_DB" \
+    # Its job runner (eight worker processes, for GenAI evaluation jobs) is not needed here.
+    MLFLOW_BACKEND_STORE_URI="postgresql+psycopg2://$MLFLOW_DB_USER:$MLFLOW_DB_PASSWORD@$PGHOST:$PGPORT/$MLFLOW_DB" \
       MLFLOW_S3_ENDPOINT_URL="$S3_ENDPOINT" AWS_ACCESS_KEY_ID="$S3_ACCESS_KEY" \
       AWS_SECRET_ACCESS_KEY="$S3_SECRET_KEY" AWS_DEFAULT_REGION=us-east-1 \
+      MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false \
       spawn mlflow "$MLFLOW_BIN" server --host "$host" --port "$port" --workers 1 \
       --serve-artifacts --artifacts-destination "$models" \
       --uvicorn-opts "--app-dir $DATA/mlflow"
