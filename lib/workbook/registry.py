@@ -210,21 +210,20 @@ def log_training_run(
             mlflow.log_figure(figure, f"plots/{name}.png")
         scores = scoring.ScoringModel.from_json(exported).probabilities(input_example)
         signature = infer_signature(input_example, scores)
-        _log_spark_model(mlflow, spark, model, input_example, signature)
+        _log_spark_model(mlflow, model, input_example, signature)
     return TrainingRun(run.info.run_id, inputs_print, _run_url(run))
 
 
-def _log_spark_model(mlflow, spark, model, input_example, signature) -> None:
-    with _staging_file_system(spark):
-        mlflow.spark.log_model(
-            model,
-            MODEL_PATH,
-            signature=signature,
-            input_example=input_example,
-            # Given, so MLflow does not start a process to infer them from the model.
-            pip_requirements=[f"pyspark=={installed_version('pyspark')}"],
-            dfs_tmpdir=_dfs_tmpdir(),
-        )
+def _log_spark_model(mlflow, model, input_example, signature) -> None:
+    mlflow.spark.log_model(
+        model,
+        MODEL_PATH,
+        signature=signature,
+        input_example=input_example,
+        # Given, so MLflow does not start a process to infer them from the model.
+        pip_requirements=[f"pyspark=={installed_version('pyspark')}"],
+        dfs_tmpdir=_dfs_tmpdir(),
+    )
 
 
 def _input_tables() -> tuple[names.Location, ...]:
@@ -234,32 +233,16 @@ def _input_tables() -> tuple[names.Location, ...]:
 
 
 def _dfs_tmpdir() -> str:
-    """Where MLflow stages a Spark model for the cluster to read or write: beside the models."""
-    return lakehouse.location(names.Location(names.MODELS_BUCKET, "_mlflow_staging"))
+    """Where MLflow has Spark write (or read) a model next to the local copy it logs.
 
-
-@contextlib.contextmanager
-def _staging_file_system(spark):
-    """Let MLflow stage Spark models in the models bucket on the stack.
-
-    MLflow copies a Spark model between the staging folder and local files through Hadoop's
-    *default* file system. On a cluster the staging folder must be one that the driver and
-    every executor reach, the models bucket, so for MLflow's copy the default is that
-    bucket; locally the default (this machine's disk) is already right.
+    A folder of this machine: MLflow copies between it and its own local files through
+    Hadoop's default file system, which is the local disk in both profiles. On the native
+    stack the executors run on this machine too. (In Compose, JupyterLab and the Spark
+    worker are separate containers: they would need this folder shared between them.)
     """
-    if get_settings().profile != "stack":
-        yield
-        return
-    conf = spark._jsc.hadoopConfiguration()
-    before = conf.get("fs.defaultFS")
-    conf.set("fs.defaultFS", f"s3a://{names.MODELS_BUCKET}")
-    try:
-        yield
-    finally:
-        if before is None:
-            conf.unset("fs.defaultFS")
-        else:
-            conf.set("fs.defaultFS", before)
+    folder = get_settings().lakehouse / "_mlflow_staging"
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(folder)
 
 
 def _git_commit() -> str | None:
@@ -372,10 +355,9 @@ def load_spark_model(spark, alias: str = names.CHAMPION, version=None):
         version = alias_version(alias, mlflow_client)
     else:
         version = mlflow_client.get_model_version(MODEL_NAME, str(version))
-    with _staging_file_system(spark):
-        model = mlflow.spark.load_model(
-            f"models:/{MODEL_NAME}/{version.version}", dfs_tmpdir=_dfs_tmpdir()
-        )
+    model = mlflow.spark.load_model(
+        f"models:/{MODEL_NAME}/{version.version}", dfs_tmpdir=_dfs_tmpdir()
+    )
     return model, LoadedModel(str(version.version), version.run_id, run_metadata(version.run_id))
 
 
