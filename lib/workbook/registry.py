@@ -227,7 +227,7 @@ def _log_spark_model(mlflow, model, input_example, signature) -> None:
 
 
 def _input_tables() -> tuple[names.Location, ...]:
-    from workbook.train import INPUT_TABLES
+    from workbook.train import INPUT_TABLES  # here: train imports Spark, the service does not
 
     return INPUT_TABLES
 
@@ -316,6 +316,12 @@ def alias_version(alias: str = names.CHAMPION, mlflow_client=None):
             f"model {MODEL_NAME} has no version with the alias '{alias}' in "
             f"{location_shown()}: run notebook 03_train to train and register one"
         ) from None
+
+
+def registered_versions() -> set[str]:
+    """Every version of the model the registry holds."""
+    found = client().search_model_versions(f"name = '{MODEL_NAME}'")
+    return {str(v.version) for v in found}
 
 
 def set_alias(alias: str, version) -> None:
