@@ -147,9 +147,7 @@ def main(argv=None) -> int:
                 from benchmarks import registry, workbook
 
                 workbook.ensure_lakehouse()
-                section = registry.run(
-                    session(), **({"rounds": 1, "loads": 2} if args.quick else {})
-                )
+                section = registry.run(**({"rounds": 1, "loads": 2} if args.quick else {}))
             else:
                 from benchmarks import features
 

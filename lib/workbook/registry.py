@@ -11,6 +11,13 @@ Where MLflow keeps things depends on the profile, nothing else does:
   bucket folder; no server, nothing to start (``make reset`` removes both);
 - stack: the tracking server at ``MLFLOW_TRACKING_URI`` (PostgreSQL behind it), which keeps
   the artifacts in ``models-bucket`` and serves them, so clients need no S3 keys.
+
+Writing (runs, versions, aliases) and loading the Spark pipeline go through MLflow's client.
+Reading which version carries an alias, and that version's numpy export, does not: it is
+two or three read-only queries, asked of the server's REST API on the stack and of the
+SQLite store locally. Importing MLflow takes about two seconds on two cores; the scoring
+service, which only reads, starts without it (``tests/unit/test_registry.py`` checks that
+both ways give the same answer).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from importlib.metadata import version as installed_version
@@ -35,6 +43,7 @@ FINGERPRINT_TAG = "workbook.fingerprint"
 METADATA_FILE = "metadata.json"  # the run's record: features, table versions, split, metrics
 SCORING_FILE = f"scoring/{scoring.ARTIFACT_FILE}"
 MODEL_PATH = "model"  # the Spark pipeline, within the run's artifacts
+STAGING_FOLDER = "_mlflow_staging"  # in the lakehouse: where Spark saves a model for MLflow
 
 
 class AliasNotFoundError(LookupError):
@@ -96,8 +105,35 @@ def check_available() -> None:
         services.require("mlflow")
 
 
+_opening: threading.Thread | None = None
+
+
+def open_in_background() -> None:
+    """Import MLflow and open its store in a thread, while the caller goes on (03 trains).
+
+    Both take seconds: MLflow's import about two, the SQL store's about two more, and on a
+    fresh lakehouse the store's tables are created then. ``client`` waits for the thread, and
+    raises any error itself.
+    """
+    global _opening
+    if _opening is None:
+        _opening = threading.Thread(target=_open_quietly, name="mlflow-open", daemon=True)
+        _opening.start()
+
+
+def _open_quietly() -> None:
+    with contextlib.suppress(Exception):  # client() reports it, in the caller's thread
+        experiment_id(_open_client())
+
+
 def client():
     """An ``MlflowClient`` on the profile's store, after checking that it answers."""
+    if _opening is not None and _opening is not threading.current_thread():
+        _opening.join()
+    return _open_client()
+
+
+def _open_client():
     check_available()
     uri = tracking_uri()
     mlflow = _mlflow()
@@ -215,15 +251,25 @@ def log_training_run(
 
 
 def _log_spark_model(mlflow, model, input_example, signature) -> None:
-    mlflow.spark.log_model(
-        model,
-        MODEL_PATH,
-        signature=signature,
-        input_example=input_example,
-        # Given, so MLflow does not start a process to infer them from the model.
-        pip_requirements=[f"pyspark=={installed_version('pyspark')}"],
-        dfs_tmpdir=_dfs_tmpdir(),
-    )
+    """The Spark pipeline as an MLflow model in the run's artifacts (``runs:/<run>/model``).
+
+    Saved, then logged, rather than ``mlflow.spark.log_model``: that one also loads the
+    pipeline back and scores the input example to check it for serving, about two seconds
+    of Spark jobs; 03's self-check already scores with the registered version and compares
+    it with the trained model.
+    """
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(folder) / MODEL_PATH
+        mlflow.spark.save_model(
+            model,
+            str(local),
+            signature=signature,
+            input_example=input_example,
+            # Given, so MLflow does not start a process to infer them from the model.
+            pip_requirements=[f"pyspark=={installed_version('pyspark')}"],
+            dfs_tmpdir=_dfs_tmpdir(),
+        )
+        mlflow.log_artifacts(str(local), MODEL_PATH)
 
 
 def _input_tables() -> tuple[names.Location, ...]:
@@ -236,11 +282,12 @@ def _dfs_tmpdir() -> str:
     """Where MLflow has Spark write (or read) a model next to the local copy it logs.
 
     A folder of this machine: MLflow copies between it and its own local files through
-    Hadoop's default file system, which is the local disk in both profiles. On the native
-    stack the executors run on this machine too. (In Compose, JupyterLab and the Spark
-    worker are separate containers: they would need this folder shared between them.)
+    Hadoop's default file system, which is the local disk in both profiles, so driver and
+    executors must see the same folder. On the native stack the executors run on this
+    machine; in Compose it is a volume mounted at the same path in JupyterLab and the Spark
+    worker (docker-compose.yml, checked by tests/stack/test_compose.py).
     """
-    folder = get_settings().lakehouse / "_mlflow_staging"
+    folder = get_settings().lakehouse / STAGING_FOLDER
     folder.mkdir(parents=True, exist_ok=True)
     return str(folder)
 
@@ -303,19 +350,106 @@ def find_version(print_of_inputs: str, mlflow_client=None):
     return min(found, key=lambda v: int(v.version)) if found else None
 
 
-def alias_version(alias: str = names.CHAMPION, mlflow_client=None):
-    """The model version that carries ``alias``; ``AliasNotFoundError`` if none does."""
-    mlflow = _mlflow()
-    mlflow_client = mlflow_client or client()
-    try:
-        return mlflow_client.get_model_version_by_alias(MODEL_NAME, alias)
-    except mlflow.exceptions.MlflowException as error:
-        if "not found" not in str(error).lower() and "does not exist" not in str(error).lower():
-            raise
+@dataclass(frozen=True)
+class AliasedVersion:
+    """The version an alias names, as the registry records it."""
+
+    version: str
+    run_id: str
+    artifact_uri: str  # the run's artifacts: file:// locally, mlflow-artifacts:/ on the stack
+
+
+def alias_version(alias: str = names.CHAMPION) -> AliasedVersion:
+    """The version that carries ``alias``; ``AliasNotFoundError`` if none does.
+
+    Read without MLflow's client (see the module's docstring), so it is cheap enough to ask
+    every few seconds.
+    """
+    found = _server_alias(alias) if get_settings().profile == "stack" else _local_alias(alias)
+    if found is None:
         raise AliasNotFoundError(
             f"model {MODEL_NAME} has no version with the alias '{alias}' in "
             f"{location_shown()}: run notebook 03_train to train and register one"
-        ) from None
+        )
+    return found
+
+
+_ALIAS_QUERY = """
+    SELECT v.version, v.run_id, r.artifact_uri
+    FROM registered_model_aliases AS a
+    JOIN model_versions AS v ON v.name = a.name AND v.version = a.version
+    JOIN runs AS r ON r.run_uuid = v.run_id
+    WHERE a.name = ? AND a.alias = ?
+"""
+
+
+def _local_alias(alias: str) -> AliasedVersion | None:
+    import sqlite3
+
+    database = Path(tracking_uri().removeprefix("sqlite:///"))
+    if not database.exists():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{database.as_uri()}?mode=ro", uri=True)) as db:
+            row = db.execute(_ALIAS_QUERY, (MODEL_NAME, alias)).fetchone()
+    except sqlite3.OperationalError as error:  # the store exists but has no registry tables yet
+        if "no such table" not in str(error):
+            raise
+        return None
+    return AliasedVersion(str(row[0]), row[1], row[2]) if row else None
+
+
+def _server_alias(alias: str) -> AliasedVersion | None:
+    from urllib.parse import urlencode
+
+    query = urlencode({"name": MODEL_NAME, "alias": alias})
+    found = _server_json(f"api/2.0/mlflow/registered-models/alias?{query}")
+    if found is None:
+        return None
+    version = found["model_version"]
+    run = _server_json(f"api/2.0/mlflow/runs/get?{urlencode({'run_id': version['run_id']})}")
+    artifacts = run["run"]["info"]["artifact_uri"]
+    return AliasedVersion(str(version["version"]), version["run_id"], artifacts)
+
+
+def _server_get(path: str) -> bytes | None:
+    """GET from the tracking server; ``None`` for 404, the services' message if it is down."""
+    import urllib.error
+    import urllib.request
+
+    url = f"{required('MLFLOW_TRACKING_URI').rstrip('/')}/{path.lstrip('/')}"
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        detail = error.read()[:300].decode(errors="replace")
+        raise RuntimeError(f"MLflow tracking server: {error.code} for {path}: {detail}") from None
+    except urllib.error.URLError as error:
+        raise services.SERVICES["mlflow"].unavailable(error.reason) from None
+
+
+def _server_json(path: str) -> dict | None:
+    body = _server_get(path)
+    return None if body is None else json.loads(body)
+
+
+def _read_artifact(target: AliasedVersion, artifact_path: str) -> str:
+    """One artifact of the version's run, read where the registry keeps it."""
+    from urllib.parse import quote, unquote, urlsplit
+
+    location = urlsplit(target.artifact_uri)
+    if location.scheme == "file":
+        return (Path(unquote(location.path)) / artifact_path).read_text()
+    if location.scheme == "mlflow-artifacts":
+        path = quote(f"{location.path.strip('/')}/{artifact_path}")
+        body = _server_get(f"api/2.0/mlflow-artifacts/artifacts/{path}")
+        if body is not None:
+            return body.decode()
+    raise FileNotFoundError(
+        f"{artifact_path} of version {target.version} is not in {target.artifact_uri}"
+    )
 
 
 def registered_versions() -> set[str]:
@@ -358,7 +492,7 @@ def load_spark_model(spark, alias: str = names.CHAMPION, version=None):
     mlflow = _mlflow()
     mlflow_client = client()
     if version is None:
-        version = alias_version(alias, mlflow_client)
+        version = alias_version(alias)
     else:
         version = mlflow_client.get_model_version(MODEL_NAME, str(version))
     model = mlflow.spark.load_model(
@@ -368,10 +502,10 @@ def load_spark_model(spark, alias: str = names.CHAMPION, version=None):
 
 
 def load_scoring_model(alias: str = names.CHAMPION) -> scoring.ScoringModel:
-    """The numpy export of the version that carries ``alias``; no Spark needed."""
-    version = alias_version(alias)
-    artifact = json.loads(_download(version.run_id, SCORING_FILE))
-    return scoring.ScoringModel(artifact, version=str(version.version))
+    """The numpy export of the version that carries ``alias``: no Spark, no MLflow client."""
+    target = alias_version(alias)
+    artifact = json.loads(_read_artifact(target, SCORING_FILE))
+    return scoring.ScoringModel(artifact, version=target.version)
 
 
 RUN_COLUMNS = {

@@ -193,7 +193,7 @@ class Service:
                 return scoring.ScoringModel.load(self.model_location)
             except FileNotFoundError:
                 raise HTTPException(503, f"no scoring artifact at {self.model_location}") from None
-        from workbook import registry  # MLflow: imported when first needed, without Spark
+        from workbook import registry  # reads the registry without MLflow's client
 
         try:
             return registry.load_scoring_model(self.alias)

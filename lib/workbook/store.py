@@ -281,18 +281,28 @@ def _stage_over_jdbc(latest) -> int:
     return rows.count()
 
 
-def read_all(conn) -> pd.DataFrame:
-    import pandas as pd
+def engine(role: str = READER, conninfo: str | None = None):
+    """A SQLAlchemy engine on the store, for pandas' ``read_sql`` (connections as ``connect``)."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
 
-    with conn.cursor() as cur:
-        cur.execute(
-            sql.SQL("SELECT {cols} FROM {t} ORDER BY {key}").format(
-                cols=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
-                t=sql.Identifier(TABLE),
-                key=sql.Identifier(names.ACCOUNT_ID),
-            )
-        )
-        return pd.DataFrame(cur.fetchall(), columns=list(COLUMNS))
+    return create_engine(
+        "postgresql+psycopg2://", creator=lambda: connect(role, conninfo), poolclass=NullPool
+    )
+
+
+def read_all(role: str = READER, conninfo: str | None = None) -> pd.DataFrame:
+    """The whole online table, ordered by account, read by pandas through SQLAlchemy."""
+    import pandas as pd
+    from sqlalchemy import column, select, table
+
+    online = table(TABLE, *map(column, COLUMNS))
+    query = select(online).order_by(online.c[names.ACCOUNT_ID])
+    source = engine(role, conninfo)
+    try:
+        return pd.read_sql(query, source)
+    finally:
+        source.dispose()
 
 
 class FeatureStore:

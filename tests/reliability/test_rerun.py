@@ -43,7 +43,7 @@ def snapshot(spark, lakehouse: Path, monkeypatch) -> dict[str, Counter]:
     monkeypatch.setenv("WORKBOOK_LAKEHOUSE", str(lakehouse))  # its embedded PostgreSQL
     conn = store.connect()
     try:
-        rows["online"] = store.read_all(conn).to_dict("records")
+        rows["online"] = store.read_all().to_dict("records")
     finally:
         conn.close()
     return {

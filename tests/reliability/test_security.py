@@ -162,5 +162,5 @@ def test_stack_serving_path_connects_read_only_and_cannot_write(monkeypatch, tmp
                     (psycopg2.errors.InsufficientPrivilege, psycopg2.errors.ReadOnlySqlTransaction)
                 ):
                     cur.execute(statement)
-    assert len(store.read_all(writer)) == rows_before
+    assert len(store.read_all()) == rows_before
     writer.close()

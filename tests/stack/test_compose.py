@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from workbook import names
+from workbook import names, registry
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -365,6 +365,21 @@ def test_serving_waits_for_its_stores_and_checks_health(config):
     serving = config["services"]["serving"]
     assert {"postgres", "mlflow"} <= set(serving["depends_on"])
     assert "/health" in " ".join(serving["healthcheck"]["test"])
+
+
+def test_driver_and_worker_share_the_model_staging_folder(config):
+    """MLflow has Spark save a model into a local folder the driver then copies from."""
+    target = f"/workbook/lakehouse/{registry.STAGING_FOLDER}"  # the image's lakehouse
+    jupyterlab, worker = config["services"]["jupyterlab"], config["services"]["spark-worker"]
+    for service in (jupyterlab, worker):
+        mounts = {v["target"]: v for v in service.get("volumes", [])}
+        assert target in mounts and mounts[target]["type"] == "volume"
+    assert mounts[target]["source"] in config["volumes"]
+    sources = {
+        v["source"] for s in (jupyterlab, worker) for v in s["volumes"] if v["target"] == target
+    }
+    assert len(sources) == 1, "one volume for both"
+    assert str(worker.get("user")) == str(jupyterlab["build"]["args"]["WORKBOOK_UID"])
 
 
 # The Spark workers' image runs Python 3.10 while the driver runs 3.11 (see

@@ -85,3 +85,12 @@ def test_every_event_in_the_topic_landed_exactly_once(spark):
     quarantine = spark.read.format("delta").load(lakehouse.location(names.QUARANTINE_TABLE))
     assert messages > 0
     assert raw + quarantine.count() == messages
+
+
+def test_the_champion_is_read_through_the_server_as_mlflow_reads_it():
+    """The service's light reader (REST) and MLflow's client agree; the export is served."""
+    expected = registry.client().get_model_version_by_alias(registry.MODEL_NAME, names.CHAMPION)
+    found = registry.alias_version(names.CHAMPION)
+    assert (found.version, found.run_id) == (str(expected.version), expected.run_id)
+    assert found.artifact_uri.startswith("mlflow-artifacts:/"), "artifacts served by the server"
+    assert registry.load_scoring_model(names.CHAMPION).version == found.version

@@ -168,7 +168,7 @@ def test_a_worse_version_does_not_take_over(spark, second):
     assert str(registry.alias_version(names.CHAMPION).version) == str(champion.version)
     # "At least as good": equal is enough.
     equal = promotion.consider(spark, version, champion_pr_auc, test_df)
-    assert equal.promoted and registry.alias_version(names.CHAMPION).version == version.version
+    assert equal.promoted and registry.alias_version(names.CHAMPION).version == str(version.version)
     registry.set_alias(names.CHAMPION, champion.version)  # back, for the next test
 
 
@@ -228,10 +228,25 @@ def test_the_service_follows_the_alias_under_load(tables, second, first, spark):
     assert old not in seen[switched + 8 :], "once the new version is in, it stays"
 
 
+def test_the_alias_is_read_as_mlflow_reads_it(second):
+    """The registry's own client and the workbook's light reader name the same version."""
+    version, _, _ = second
+    mlflow_client = registry.client()
+    for target in (version.version, registry.alias_version(names.CHAMPION).version):
+        registry.set_alias(names.CHALLENGER, target)
+        expected = mlflow_client.get_model_version_by_alias(registry.MODEL_NAME, names.CHALLENGER)
+        found = registry.alias_version(names.CHALLENGER)
+        assert (found.version, found.run_id) == (str(expected.version), expected.run_id)
+        assert found.artifact_uri == mlflow_client.get_run(expected.run_id).info.artifact_uri
+    mlflow_client.delete_registered_model_alias(registry.MODEL_NAME, names.CHALLENGER)
+    with pytest.raises(registry.AliasNotFoundError):
+        registry.alias_version(names.CHALLENGER)
+
+
 def test_the_service_loads_the_champion_without_spark(tables, first):
     """After the alias test materialized the online rows: a fresh process scores by alias."""
     conn = store.connect()
-    latest = store.read_all(conn)
+    latest = store.read_all()
     conn.close()
     event = {
         names.TRANSACTION_ID: "TX-PROBE",
@@ -247,8 +262,8 @@ from fastapi.testclient import TestClient
 from workbook import serving
 with TestClient(serving.create_app()) as client:
     answer = client.post("/score", json={event!r})
-spark = sorted(m for m in sys.modules if m.startswith(("pyspark", "py4j")))
-print(json.dumps([answer.status_code, answer.json().get("model_version"), spark]))
+heavy = sorted(m for m in sys.modules if m.startswith(("pyspark", "py4j", "mlflow", "pandas")))
+print(json.dumps([answer.status_code, answer.json().get("model_version"), heavy]))
 """
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120
@@ -257,7 +272,7 @@ print(json.dumps([answer.status_code, answer.json().get("model_version"), spark]
     status, version, loaded = json.loads(result.stdout.splitlines()[-1])
     assert status == 200
     assert version == str(registry.alias_version(names.CHAMPION).version)
-    assert loaded == [], "MLflow must not bring pyspark into the service"
+    assert loaded == [], "the service reads the registry without MLflow's client or Spark"
 
 
 def coefficients(model) -> np.ndarray:

@@ -43,7 +43,7 @@ def test_materialize_is_idempotent(conn):
     rows = latest_rows()
     assert store.materialize(conn, rows) == {"inserted": 5, "updated": 0, "unchanged": 0}
     assert store.materialize(conn, rows) == {"inserted": 0, "updated": 0, "unchanged": 5}
-    assert len(store.read_all(conn)) == 5
+    assert len(store.read_all()) == 5
 
 
 def test_materialize_updates_only_changed_rows(conn):
@@ -51,14 +51,14 @@ def test_materialize_updates_only_changed_rows(conn):
     changed = latest_rows()
     changed.loc[2, "txn_count_7d"] = 99
     assert store.materialize(conn, changed) == {"inserted": 0, "updated": 1, "unchanged": 4}
-    assert store.read_all(conn).set_index(names.ACCOUNT_ID).loc["ACC000002", "txn_count_7d"] == 99
+    assert store.read_all().set_index(names.ACCOUNT_ID).loc["ACC000002", "txn_count_7d"] == 99
 
 
 def test_online_values_round_trip_exactly(conn):
     rows = latest_rows()
     rows.loc[1, "amount_avg_30d"] = 0.1 + 0.2  # a float with no short decimal form
     store.materialize(conn, rows)
-    online = store.read_all(conn).set_index(names.ACCOUNT_ID)
+    online = store.read_all().set_index(names.ACCOUNT_ID)
     assert online.loc["ACC000001", "amount_avg_30d"] == 0.1 + 0.2
     assert pd.isna(online.loc["ACC000000", "daily_average_amount"])
 
@@ -85,7 +85,7 @@ def test_lookup_is_parameterized(conn, hostile):
     store.materialize(conn, latest_rows())
     with store.FeatureStore() as online:
         assert online.get_features(hostile) is None
-    assert len(store.read_all(conn)) == 5
+    assert len(store.read_all()) == 5
 
 
 def test_unreachable_store_names_itself_and_the_address():
@@ -171,7 +171,7 @@ def test_reader_cannot_write(conn, reader, statement):
                 cur.execute(statement)
         if read_write:  # ...but privileges still refuse
             assert isinstance(refused.value, psycopg2.errors.InsufficientPrivilege)
-    assert len(store.read_all(conn)) == 5
+    assert len(store.read_all()) == 5
 
 
 def test_reader_role_setup_is_idempotent(conn):
