@@ -49,8 +49,9 @@ def train_as_03(mode: str) -> None:
     tracked = mode == "tracked"
     if tracked:
         registry.check_available()
-        registry.open_in_background()
     spark = get_spark("03_train")
+    if tracked:
+        registry.open_in_background()
     config = lakehouse.load_simulation(spark)
     versions = lakehouse.table_versions(spark, train.INPUT_TABLES)
     parameters = train.run_parameters(config, 0.001, 100, 7)

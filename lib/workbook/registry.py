@@ -85,8 +85,12 @@ def _without_spark():
         del sys.modules["pyspark"]
 
 
-def _mlflow():
+def _quiet_progress() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+def _mlflow():
+    _quiet_progress()
     with _without_spark(), warnings.catch_warnings():
         # MLflow imports tqdm.auto (now or at its first download), which warns in a notebook
         # without ipywidgets; MLflow's bars are off, so it is imported here, quietly.
@@ -113,9 +117,11 @@ def open_in_background() -> None:
 
     Both take seconds: MLflow's import about two, the SQL store's about two more, and on a
     fresh lakehouse the store's tables are created then. ``client`` waits for the thread, and
-    raises any error itself.
+    raises any error itself. Call it once Spark has started: a process started while another
+    thread changes the environment can fail to start (``OSError: Bad address``).
     """
     global _opening
+    _quiet_progress()  # the one change MLflow's import makes to the environment, made here
     if _opening is None:
         _opening = threading.Thread(target=_open_quietly, name="mlflow-open", daemon=True)
         _opening.start()
@@ -124,6 +130,12 @@ def open_in_background() -> None:
 def _open_quietly() -> None:
     with contextlib.suppress(Exception):  # client() reports it, in the caller's thread
         experiment_id(_open_client())
+    with contextlib.suppress(Exception):  # an optimisation only, of a private cache
+        # Logging a model checks its pip requirements against the installed packages, from
+        # a map of every package's files that MLflow builds once per process: about 2 s.
+        from mlflow.utils.requirements_utils import _init_modules_to_packages_map
+
+        _init_modules_to_packages_map()
 
 
 def client():

@@ -30,7 +30,7 @@ class Reproduction:
 def fit(spark, versions: dict[str, int], config: SimulationConfig, parameters: dict):
     """Train and evaluate as notebook 03 does: ``(model, evaluation, train_df, test_df)``."""
     raw, daily, labels = _read(spark, versions)
-    data = train.training_set(features.in_period(raw, config), daily, labels)
+    data = train.training_set(features.in_period(raw, config), daily, labels).cache()
     test_from = config.end_date - timedelta(days=int(parameters["test_days"]) - 1)
     train_df, test_df = train.time_split(data, test_from)
     pipeline = train.build_pipeline(
