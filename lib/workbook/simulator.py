@@ -56,6 +56,23 @@ MALFORMED_KINDS = (
 
 
 @dataclass(frozen=True)
+class DriftScenario:
+    """From ``start_day`` on, the world changes; the days before it stay as they were.
+
+    Fraudsters take up a pattern the first model has not seen: bursts of small online
+    payments, in daytime, at merchants new to the account, in ordinary categories (the old
+    pattern is large amounts, risky categories, night-time). Legitimate customers shift a
+    little: amounts ``amount_shift`` higher and more of them online. The feature
+    distributions move from ``start_day``; the labels, which arrive days later, confirm it.
+    """
+
+    start_day: int  # days after start_date
+    new_fraud_share: float = 0.01  # of accounts, hit by the new pattern within two weeks
+    amount_shift: float = 0.15  # legitimate amounts, relative
+    online_share: float = 0.40  # of legitimate transactions (0.25 before)
+
+
+@dataclass(frozen=True)
 class SimulationConfig:
     n_transactions: int = 200_000
     days: int = 30
@@ -65,6 +82,7 @@ class SimulationConfig:
     n_accounts: int | None = None  # default: one account per 40 transactions
     compromised_share: float = 0.06
     malformed_share: float = 0.005
+    drift: DriftScenario | None = None  # off unless given (01-05 run without it)
 
     @property
     def accounts(self) -> int:
@@ -88,12 +106,20 @@ class SimulationConfig:
             n_accounts=self.accounts,
         )
 
+    def drifted(self, day_index: int) -> bool:
+        return self.drift is not None and day_index >= self.drift.start_day
+
     def to_json(self) -> str:
-        return json.dumps({**asdict(self), "n_accounts": self.accounts}, indent=2)
+        fields = {**asdict(self), "n_accounts": self.accounts}
+        if self.drift is None:  # so a run without drift records what it always did
+            del fields["drift"]
+        return json.dumps(fields, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> SimulationConfig:
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        drift = fields.pop("drift", None)
+        return cls(**fields, drift=DriftScenario(**drift) if drift else None)
 
 
 @dataclass(frozen=True)
@@ -153,6 +179,8 @@ def simulate_day(config: SimulationConfig, accounts: Accounts, day_index: int, n
         rng.integers(0, n_merchants, n_normal),
     )
     types = _pick(rng, TRANSACTION_TYPES, n_normal)
+    if config.drifted(day_index):
+        amounts, types = _shift_legitimate(config, day_index, amounts, types)
 
     # Fraud: bursts on accounts whose compromise episode covers this day.
     active = np.flatnonzero(
@@ -177,6 +205,15 @@ def simulate_day(config: SimulationConfig, accounts: Accounts, day_index: int, n
     )
     f_merchants = rng.integers(0, n_merchants, n_fraud)
     f_types = np.where(rng.random(n_fraud) < 0.6, "online", _pick(rng, TRANSACTION_TYPES, n_fraud))
+    if config.drifted(day_index):
+        new = _new_pattern(config, accounts, day_index, n_merchants)
+        f_acc, f_hours, f_amounts, f_categories, f_merchants, f_types = (
+            np.concatenate([base, extra])
+            for base, extra in zip(
+                (f_acc, f_hours, f_amounts, f_categories, f_merchants, f_types), new, strict=True
+            )
+        )
+        n_fraud = len(f_acc)
 
     all_acc = np.concatenate([acc, f_acc])
     seconds = (np.concatenate([hours, f_hours]) * 3600).astype(np.int64)
@@ -200,6 +237,38 @@ def simulate_day(config: SimulationConfig, accounts: Accounts, day_index: int, n
     frame[names.IS_FLAGGED] = frame[names.AMOUNT] > LEGACY_FLAG_AMOUNT
     frame[names.TIMESTAMP] = frame[names.TIMESTAMP].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     return frame
+
+
+def _shift_legitimate(config: SimulationConfig, day_index: int, amounts, types):
+    """Legitimate behaviour after the drift day: higher amounts, more of them online."""
+    drift = config.drift
+    rng = np.random.default_rng([config.seed, 60_000 + day_index])  # a stream of its own
+    before = TRANSACTION_TYPES["online"]
+    to_online = rng.random(len(types)) < (drift.online_share - before) / (1 - before)
+    return amounts * (1 + drift.amount_shift), np.where(to_online, "online", types)
+
+
+def _new_pattern(config: SimulationConfig, accounts: Accounts, day_index: int, n_merchants: int):
+    """The new fraud of the drift scenario on ``day_index``: accounts, hours, amounts, ..."""
+    drift = config.drift
+    n = len(accounts.ids)
+    pick = np.random.default_rng([config.seed, 3])  # which accounts, when: fixed per seed
+    hit = pick.random(n) < drift.new_fraud_share
+    start = drift.start_day + pick.integers(0, 14, n)
+    length = pick.integers(2, 5, n)
+    active = np.flatnonzero(hit & (start <= day_index) & (day_index < start + length))
+    rng = np.random.default_rng([config.seed, 70_000 + day_index])
+    acc = np.repeat(active, 6 + rng.poisson(4, len(active)))
+    k = len(acc)
+    ordinary = [c for c in CATEGORIES if c not in RISKY_CATEGORIES]
+    return (
+        acc,
+        rng.uniform(9, 18, k),  # office hours
+        np.exp(accounts.log_typical_amount[acc]) * rng.uniform(0.1, 0.5, k),  # small
+        rng.choice(ordinary, k),
+        rng.integers(0, n_merchants, k),  # new to the account, almost surely
+        np.full(k, "online"),
+    )
 
 
 def simulate(config: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -242,3 +242,86 @@ def test_land_files_is_idempotent(tmp_path):
     assert paths[1].read_text() == "\n".join(expected[config.day(1)]) + "\n"
     assert paths[0].stat().st_mtime_ns == before[paths[0]][0]
     assert sorted(landing.iterdir()) == paths  # no temporary files left behind
+
+
+# The drift scenario (notebook 06): from its day on, fraud changes and legitimate use shifts.
+DRIFT_DAY = 20
+DRIFTING = replace(FRAUDY, drift=simulator.DriftScenario(start_day=DRIFT_DAY, new_fraud_share=0.05))
+
+
+@pytest.fixture(scope="module")
+def drifting():
+    transactions, labels = simulator.simulate(DRIFTING)
+    return transactions.merge(labels, on=names.TRANSACTION_ID)
+
+
+def day_of(frame: pd.DataFrame) -> pd.Series:
+    """Each transaction's day index (its date's days after the start date)."""
+    dates = pd.to_datetime(frame[names.TIMESTAMP].str[:10])
+    return (dates - pd.Timestamp(FRAUDY.start_date)).dt.days
+
+
+def test_days_before_the_drift_are_unchanged(fraudy, drifting):
+    tx, labels = fraudy
+    before = tx.merge(labels, on=names.TRANSACTION_ID)
+    before = before[day_of(before) < DRIFT_DAY].reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        drifting[day_of(drifting) < DRIFT_DAY].reset_index(drop=True), before
+    )
+    # Off by default, and a run without drift records its settings as it always did.
+    assert SimulationConfig().drift is None and "drift" not in json.loads(SMALL.to_json())
+    assert SimulationConfig.from_json(DRIFTING.to_json()) == DRIFTING
+
+
+def test_the_new_fraud_is_small_daytime_online_at_new_merchants(fraudy, drifting):
+    after = drifting[day_of(drifting) >= DRIFT_DAY]
+    fraud = after[after[names.LABEL] == 1]
+    hours = pd.to_datetime(fraud[names.TIMESTAMP]).dt.hour
+    pattern = (
+        (fraud[names.TRANSACTION_TYPE] == "online")
+        & hours.between(9, 17)
+        & ~fraud[names.CATEGORY].isin(simulator.RISKY_CATEGORIES)
+    )
+    assert pattern.mean() > 0.5, "most fraud after the drift day follows the new pattern"
+    # Smaller than the account's usual payments, where the old pattern was larger.
+    legit = drifting[drifting[names.LABEL] == 0].groupby(names.ACCOUNT_ID)[names.AMOUNT].median()
+    relative = fraud[pattern][names.AMOUNT] / fraud[pattern][names.ACCOUNT_ID].map(legit)
+    assert relative.median() < 0.5
+    # At merchants the account never paid before the drift day.
+    seen = set(
+        zip(
+            drifting[day_of(drifting) < DRIFT_DAY][names.ACCOUNT_ID],
+            drifting[day_of(drifting) < DRIFT_DAY][names.MERCHANT_ID],
+            strict=True,
+        )
+    )
+    new = [
+        (a, m) not in seen
+        for a, m in zip(
+            fraud[pattern][names.ACCOUNT_ID], fraud[pattern][names.MERCHANT_ID], strict=True
+        )
+    ]
+    assert np.mean(new) > 0.95
+    # Without drift, the same days have no such fraud.
+    tx, labels = fraudy
+    plain = tx.merge(labels, on=names.TRANSACTION_ID)
+    plain_fraud = plain[(day_of(plain) >= DRIFT_DAY) & (plain[names.LABEL] == 1)]
+    assert len(fraud) > 2 * len(plain_fraud)
+
+
+def test_legitimate_use_shifts_a_little(fraudy, drifting):
+    tx, labels = fraudy
+    plain = tx.merge(labels, on=names.TRANSACTION_ID)
+    after = [f[(day_of(f) >= DRIFT_DAY) & (f[names.LABEL] == 0)] for f in (plain, drifting)]
+    ratio = after[1][names.AMOUNT].median() / after[0][names.AMOUNT].median()
+    assert ratio == pytest.approx(1 + DRIFTING.drift.amount_shift, abs=0.01)
+    online = [(f[names.TRANSACTION_TYPE] == "online").mean() for f in after]
+    assert online[0] == pytest.approx(0.25, abs=0.02)
+    assert online[1] == pytest.approx(DRIFTING.drift.online_share, abs=0.02)
+
+
+def test_the_drift_is_deterministic():
+    first = simulator.simulate(replace(DRIFTING, days=DRIFT_DAY + 3))
+    again = simulator.simulate(replace(DRIFTING, days=DRIFT_DAY + 3))
+    for a, b in zip(first, again, strict=True):
+        pd.testing.assert_frame_equal(a, b)
