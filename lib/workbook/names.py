@@ -27,6 +27,7 @@ SIMULATION_MANIFEST = Location(RAW_BUCKET, "landing/simulation.json")
 FEATURES_TABLE = Location(CURATED_BUCKET, "financial_features_daily_account")
 MODEL = Location(MODELS_BUCKET, "financial_fraud_model")
 PREDICTIONS_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_predictions_stream")
+MONITORING_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_monitoring")
 
 TRANSACTIONS_TOPIC = "transactions"
 ONLINE_FEATURES_TABLE = "daily_account_features"
@@ -126,6 +127,9 @@ PREDICTION_SCORE = "prediction_score"  # the probability of fraud
 IS_FRAUD_PREDICTION = "is_fraud_prediction"
 INFERENCE_TIMESTAMP = "inference_timestamp"
 MODEL_VERSION = "model_version"  # the registered version that scored a prediction
+MONITORED_DAY = "monitored_day"  # the day a monitoring result is about
+METRIC = "metric"  # psi:<column>, precision, recall, pr_auc
+METRIC_VALUE = "metric_value"
 
 # Experiment tracking and the model registry (MLflow); the model's name is MODEL's.
 EXPERIMENT = "financial_fraud_scoring"

@@ -1,0 +1,171 @@
+"""Monitoring in Spark over Delta: drift of the model's inputs and score, quality when labelled.
+
+Drift is the population stability index (PSI) of a column on one day against a reference
+(the champion's training rows): PSI = sum over bins of (day share - reference share) times
+ln(day share / reference share). The bins come from the reference: its deciles for a numeric
+column (edges by ``approxQuantile``; repeated edges merge, so a mostly-zero count gets fewer
+bins, and missing values have a bin of their own), its values for a categorical one. A share
+of zero is floored at ``SHARE_FLOOR`` so that a bin the day leaves empty, or a category the
+reference never saw, counts as a large shift instead of an infinite one.
+
+The usual reading of PSI, which notebook 06 states as its thresholds: under 0.1 the
+distribution is stable, 0.1 to 0.25 is a moderate shift worth watching, over 0.25 a
+significant one. Quality (precision and recall at the model's threshold, PR-AUC) needs
+labels, so it is measured only on days whose labels have arrived.
+
+Every result is a row (day, model version, metric, value) of one Delta table, merged on its
+first three columns: monitoring a day again replaces its rows instead of adding to them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import DateType, DoubleType, StringType, StructField, StructType
+
+from workbook import lakehouse, metrics, names
+
+SHARE_FLOOR = 1e-4
+BINS = 10
+PSI_STABLE, PSI_SIGNIFICANT = 0.1, 0.25
+MISSING_BIN = "missing"
+PSI_PREFIX = "psi:"  # a drift metric's name: psi:<column>
+QUALITY_METRICS = ("precision", "recall", "pr_auc")
+
+KEYS = (names.MONITORED_DAY, names.MODEL_VERSION, names.METRIC)
+SCHEMA = StructType(
+    [
+        StructField(names.MONITORED_DAY, DateType(), False),
+        StructField(names.MODEL_VERSION, StringType(), False),
+        StructField(names.METRIC, StringType(), False),
+        StructField(names.METRIC_VALUE, DoubleType(), True),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The reference's bins and their shares: small, so it is kept on the driver."""
+
+    edges: dict[str, list[float]]  # numeric column: the inner bin edges, ascending
+    categorical: tuple[str, ...]
+    shares: dict[tuple[str, str], float]  # (column, bin): the reference's share
+
+    def columns(self) -> tuple[str, ...]:
+        return (*self.edges, *self.categorical)
+
+
+def reference(frame: DataFrame, numeric, categorical=(), bins: int = BINS) -> Reference:
+    """Bin edges from ``frame``'s quantiles, and ``frame``'s own share of each bin."""
+    numeric, categorical = tuple(numeric), tuple(categorical)
+    probabilities = [k / bins for k in range(1, bins)]
+    quantiles = frame.approxQuantile(list(numeric), probabilities, 0.001) if numeric else []
+    edges = {c: sorted(set(q)) for c, q in zip(numeric, quantiles, strict=True)}
+    empty = Reference(edges, categorical, {})
+    counts = _bin_counts(_binned(frame.withColumn(names.MONITORED_DAY, F.lit(None)), empty))
+    totals: dict[str, int] = {}
+    rows = counts.collect()
+    for row in rows:
+        totals[row["column"]] = totals.get(row["column"], 0) + row["count"]
+    shares = {(r["column"], r["bin"]): r["count"] / totals[r["column"]] for r in rows}
+    return Reference(edges, categorical, shares)
+
+
+def _bin_of(column: str, edges: list[float]):
+    """A numeric value's bin, as text: how many edges lie below it, or ``missing``.
+
+    Bins are closed on the right, so a value equal to an edge stays below it: a count that
+    is mostly zero has its zeros in one bin and everything above zero in the next.
+    """
+    value = F.col(column).cast("double")
+    reached = sum((F.when(value > edge, 1).otherwise(0) for edge in edges), F.lit(0))
+    return F.when(value.isNull() | F.isnan(value), F.lit(MISSING_BIN)).otherwise(
+        reached.cast("string")
+    )
+
+
+def _binned(frame: DataFrame, ref: Reference) -> DataFrame:
+    """One row per (row of ``frame``, monitored column): day, column, bin."""
+    pairs = [
+        F.struct(F.lit(c).alias("column"), _bin_of(c, edges).alias("bin"))
+        for c, edges in ref.edges.items()
+    ] + [
+        F.struct(F.lit(c).alias("column"), F.coalesce(F.col(c), F.lit(MISSING_BIN)).alias("bin"))
+        for c in ref.categorical
+    ]
+    return frame.select(names.MONITORED_DAY, F.explode(F.array(*pairs)).alias("pair")).select(
+        names.MONITORED_DAY, "pair.column", "pair.bin"
+    )
+
+
+def _bin_counts(binned: DataFrame) -> DataFrame:
+    return binned.groupBy(names.MONITORED_DAY, "column", "bin").count()
+
+
+def drift(frame: DataFrame, ref: Reference) -> DataFrame:
+    """PSI of each of ``ref``'s columns on each day of ``frame``: (day, metric, value).
+
+    ``frame`` has a ``monitored_day`` column and the reference's columns.
+    """
+    spark = frame.sparkSession
+    counts = _bin_counts(_binned(frame, ref))
+    day_totals = counts.groupBy(names.MONITORED_DAY, "column").agg(F.sum("count").alias("total"))
+    observed = counts.join(day_totals, [names.MONITORED_DAY, "column"]).select(
+        names.MONITORED_DAY, "column", "bin", (F.col("count") / F.col("total")).alias("share")
+    )
+    expected = spark.createDataFrame(
+        [(c, b, s) for (c, b), s in sorted(ref.shares.items())],
+        "column string, bin string, reference_share double",
+    )
+    # Every reference bin on every day, so a bin the day leaves empty counts too.
+    grid = day_totals.select(names.MONITORED_DAY, "column").join(expected, "column")
+    both = grid.join(observed, [names.MONITORED_DAY, "column", "bin"], "full_outer")
+    actual = F.greatest(F.coalesce(F.col("share"), F.lit(0.0)), F.lit(SHARE_FLOOR))
+    wanted = F.greatest(F.coalesce(F.col("reference_share"), F.lit(0.0)), F.lit(SHARE_FLOOR))
+    term = (actual - wanted) * F.log(actual / wanted)
+    return (
+        both.groupBy(names.MONITORED_DAY, "column")
+        .agg(
+            F.concat(F.lit(PSI_PREFIX), F.col("column")).alias(names.METRIC),
+            F.sum(term).alias(names.METRIC_VALUE),
+        )
+        .drop("column")
+    )
+
+
+def quality(scored: DataFrame, threshold: float) -> DataFrame:
+    """Precision, recall (at ``threshold``) and PR-AUC of each labelled day of ``scored``.
+
+    ``scored`` has ``monitored_day``, the score and the label. A day's scores are a few
+    thousand numbers, so PR-AUC is computed on the driver with the workbook's metrics.
+    """
+    spark = scored.sparkSession
+    rows = []
+    by_day = scored.select(names.MONITORED_DAY, names.PREDICTION_SCORE, names.LABEL).toPandas()
+    for day, part in sorted(by_day.groupby(names.MONITORED_DAY), key=lambda item: item[0]):
+        measured = metrics.evaluate(part[names.PREDICTION_SCORE], part[names.LABEL], threshold)
+        rows += [(day, metric, float(measured[metric])) for metric in QUALITY_METRICS]
+    schema = f"{names.MONITORED_DAY} date, {names.METRIC} string, {names.METRIC_VALUE} double"
+    return spark.createDataFrame(rows, schema)
+
+
+def record(spark: SparkSession, results: DataFrame, model_version: str) -> dict[str, int]:
+    """Merge ``results`` (day, metric, value) for ``model_version`` into the monitoring table."""
+    path = lakehouse.location(names.MONITORING_TABLE)
+    lakehouse.ensure_table(spark, path, SCHEMA)
+    rows = results.select(
+        F.col(names.MONITORED_DAY).cast("date"),
+        F.lit(str(model_version)).alias(names.MODEL_VERSION),
+        names.METRIC,
+        F.col(names.METRIC_VALUE).cast("double"),
+    )
+    return lakehouse.upsert(spark, path, rows, list(KEYS))
+
+
+def reading(psi: float) -> str:
+    """PSI in words, by the thresholds above."""
+    if psi < PSI_STABLE:
+        return "stable"
+    return "moderate shift" if psi <= PSI_SIGNIFICANT else "significant shift"
