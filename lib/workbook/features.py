@@ -8,6 +8,8 @@ row for the *previous* day: nothing from the transaction's own day or later.
 
 from __future__ import annotations
 
+from datetime import date, timedelta
+
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -94,6 +96,54 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
         *[rolling[c].alias(c) for c in names.ROLLING_FEATURES],
     )
     return features.select([F.col(f.name).cast(f.dataType) for f in FEATURES_SCHEMA])
+
+
+LOOKBACK_DAYS = 30  # the longest rolling window: a day's row reads this many days of raw
+
+
+def for_days(raw: DataFrame, first: date, last: date, known_accounts: DataFrame) -> DataFrame:
+    """The rows of days ``first`` to ``last`` alone, as ``daily_account_features`` gives them.
+
+    They are computed from the raw rows of those days and the ``LOOKBACK_DAYS - 1`` days
+    before, so the cost follows the new days, not the history. Accounts seen before (in
+    ``known_accounts``, an ``account_id`` column) get a row for every day, as in the whole
+    table, also on days whose window holds none of their transactions.
+    """
+    start = first - timedelta(days=LOOKBACK_DAYS - 1)
+    window = raw.filter(F.to_date(names.TIMESTAMP).between(F.lit(start), F.lit(last)))
+    rows = daily_account_features(window).filter(
+        F.col(names.TRANSACTION_DATE).between(F.lit(first), F.lit(last))
+    )
+    days = window.select(F.to_date(names.TIMESTAMP).alias(names.TRANSACTION_DATE)).filter(
+        F.col(names.TRANSACTION_DATE) >= F.lit(first)
+    )
+    calendar = days.agg(F.max(names.TRANSACTION_DATE).alias("_last")).select(
+        F.explode(F.sequence(F.lit(first), "_last")).alias(names.TRANSACTION_DATE)
+    )
+    # Known accounts' days before their first transaction in the window, or without one.
+    idle = (
+        known_accounts.select(names.ACCOUNT_ID)
+        .distinct()
+        .crossJoin(calendar)
+        .join(rows, list(names.FEATURE_KEYS), "left_anti")
+    )
+    # What the whole table holds for a day without activity in its window.
+    nothing = {c: 0 for c in names.COUNT_FEATURES} | {
+        names.DAILY_TOTAL_AMOUNT: 0.0,
+        names.AMOUNT_SUM_7D: 0.0,
+        names.AMOUNT_MAX_7D: 0.0,
+        names.NIGHT_SHARE_7D: 0.0,
+    }
+    idle_rows = idle.select(
+        *names.FEATURE_KEYS,
+        *[
+            (F.lit(nothing[f.name]) if f.name in nothing else F.lit(None))
+            .cast(f.dataType)
+            .alias(f.name)
+            for f in FEATURES_SCHEMA.fields[len(names.FEATURE_KEYS) :]
+        ],
+    )
+    return rows.unionByName(idle_rows)
 
 
 def as_of_date(ts: str = names.TIMESTAMP):

@@ -352,3 +352,20 @@ def test_days_appended_later_change_no_feature_of_the_period(spark, grid_tx):
 
     assert rows(period) == rows(to_raw(spark, grid_tx))
     assert rows(raw) != rows(period)
+
+
+def test_the_rows_of_new_days_alone_equal_the_whole_tables(spark, daily, grid_tx):
+    """The daily step computes only the days the new data touches, from their window."""
+    first, last = date(2025, 2, 5), CONFIG.end_date
+    raw = to_raw(spark, grid_tx)
+    known = raw.filter(F.to_date(names.TIMESTAMP) < F.lit(first)).select(names.ACCOUNT_ID)
+    got = features.for_days(raw, first, last, known).toPandas()
+    want = daily[daily[names.TRANSACTION_DATE] >= first]
+    assert "ACC_GAP" in set(got[names.ACCOUNT_ID]), "an account idle for longer than the window"
+    assert_features_equal(got, want)
+    # History before the window changes no row of the new days.
+    old = grid_tx.iloc[[0]].assign(
+        **{names.TRANSACTION_ID: "OLD-1", names.TIMESTAMP: "2024-06-01T12:00:00Z"}
+    )
+    older = to_raw(spark, pd.concat([grid_tx, old], ignore_index=True))
+    assert_features_equal(features.for_days(older, first, last, known).toPandas(), want)
