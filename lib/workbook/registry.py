@@ -27,7 +27,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 import tempfile
 import threading
 import warnings
@@ -67,31 +66,13 @@ def _artifact_root() -> str | None:
     return Path(lakehouse.location(names.MODEL)).as_uri()
 
 
-@contextlib.contextmanager
-def _without_spark():
-    """Import MLflow without pyspark in a process that has not imported it.
-
-    MLflow's type module imports pyspark whenever it is installed, only to know Spark's
-    types: about 90 modules for a process, such as the scoring service, that never starts
-    a JVM. A process that uses Spark has imported it already and is left as it is.
-    """
-    if "pyspark" in sys.modules:
-        yield
-        return
-    sys.modules["pyspark"] = None  # makes `import pyspark` raise ImportError
-    try:
-        yield
-    finally:
-        del sys.modules["pyspark"]
-
-
 def _quiet_progress() -> None:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def _mlflow():
     _quiet_progress()
-    with _without_spark(), warnings.catch_warnings():
+    with warnings.catch_warnings():
         # MLflow imports tqdm.auto (now or at its first download), which warns in a notebook
         # without ipywidgets; MLflow's bars are off, so it is imported here, quietly.
         warnings.filterwarnings("ignore", "IProgress not found")

@@ -105,6 +105,18 @@ def published_ports(service: dict) -> list[tuple[str, int, int]]:
     return ports
 
 
+def mounts(service: dict) -> dict[str, tuple[str, str]]:
+    """target: (type, source) of a resolved service's volumes, in either syntax."""
+    found = {}
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):  # Compose v2: long syntax
+            found[entry["target"]] = (entry["type"], entry.get("source", ""))
+        else:  # docker-compose 1.x: "source:target[:mode]", a named volume has no slash
+            source, target = str(entry).split(":")[:2]
+            found[target] = ("bind" if "/" in source else "volume", source)
+    return found
+
+
 def expected_ports(env: dict[str, str]) -> dict[tuple[str, int], int]:
     """(service, container port) -> the host port that .env.example gives its clients."""
     return {
@@ -371,14 +383,11 @@ def test_driver_and_worker_share_the_model_staging_folder(config):
     """MLflow has Spark save a model into a local folder the driver then copies from."""
     target = f"/workbook/lakehouse/{registry.STAGING_FOLDER}"  # the image's lakehouse
     jupyterlab, worker = config["services"]["jupyterlab"], config["services"]["spark-worker"]
-    for service in (jupyterlab, worker):
-        mounts = {v["target"]: v for v in service.get("volumes", [])}
-        assert target in mounts and mounts[target]["type"] == "volume"
-    assert mounts[target]["source"] in config["volumes"]
-    sources = {
-        v["source"] for s in (jupyterlab, worker) for v in s["volumes"] if v["target"] == target
-    }
-    assert len(sources) == 1, "one volume for both"
+    shared = {mounts(service).get(target) for service in (jupyterlab, worker)}
+    assert len(shared) == 1 and None not in shared, f"one volume for both at {target}: {shared}"
+    kind, source = shared.pop()
+    assert kind == "volume" and source in config["volumes"]
+    # The driver moves and deletes what the executors wrote: the same user on both sides.
     assert str(worker.get("user")) == str(jupyterlab["build"]["args"]["WORKBOOK_UID"])
 
 
