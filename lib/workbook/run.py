@@ -17,6 +17,7 @@ import contextlib
 import json
 import os
 import sys
+import tempfile
 import threading
 import time
 from datetime import UTC, datetime
@@ -91,21 +92,39 @@ def export_html(notebook: Path, target: Path) -> None:
     target.write_text(body)
 
 
-@contextlib.contextmanager
-def shared_kernel(enabled: bool):
-    """One kernel for every notebook of the run (None when each should get its own)."""
-    if not enabled:
-        yield None
-        return
+def kernel_manager(sockets: Path):
+    """A kernel manager that talks to its kernel over local sockets (``sockets-1``, ...), not TCP.
+
+    Nothing listens on a port, and the kernel has no reason to warn that its traffic is
+    unencrypted.
+    """
     from jupyter_client.manager import AsyncKernelManager
+
+    return AsyncKernelManager(kernel_name="python3", transport="ipc", ip=str(sockets))
+
+
+@contextlib.contextmanager
+def kernels(shared: bool):
+    """Per notebook, the kernel manager to run it with: the same one when ``shared``."""
     from jupyter_core.utils import run_sync
 
-    kernel = AsyncKernelManager(kernel_name="python3")
-    try:
-        yield kernel
-    finally:
-        if kernel.has_kernel:
-            run_sync(kernel.shutdown_kernel)()
+    with tempfile.TemporaryDirectory(prefix="workbook-kernel-") as folder:
+        current = []
+
+        def stop():
+            if current and current[-1].has_kernel:
+                run_sync(current[-1].shutdown_kernel)()
+
+        def for_notebook():
+            if not (shared and current):
+                stop()  # the previous notebook's, when each gets its own
+                current.append(kernel_manager(Path(folder) / f"kernel{len(current)}"))
+            return current[-1]
+
+        try:
+            yield for_notebook
+        finally:
+            stop()
 
 
 def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dict:
@@ -147,7 +166,7 @@ def main(argv=None) -> int:
     wall: dict[str, float] = {}
     selected = args.only or NOTEBOOKS
     print(f"Running {len(selected)} notebooks; outputs in {run_dir}", flush=True)
-    with PeakMemory() as memory, shared_kernel(not args.kernel_per_notebook) as kernel:
+    with PeakMemory() as memory, kernels(shared=not args.kernel_per_notebook) as kernel_for:
         for i, name in enumerate(selected, 1):
             source = NOTEBOOK_DIR / f"{name}.ipynb"
             executed = run_dir / f"{name}.ipynb"
@@ -162,7 +181,7 @@ def main(argv=None) -> int:
                     cwd=str(NOTEBOOK_DIR),
                     progress_bar=False,
                     kernel_name="python3",
-                    km=kernel,
+                    km=kernel_for(),
                 )
             except PapermillExecutionError as error:
                 print("failed")

@@ -94,6 +94,8 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.driver.extraJavaOptions": java_opts,
         "spark.executor.extraJavaOptions": java_opts,
         "spark.ui.showConsoleProgress": "false",
+        # Not spark-warehouse/ beside the notebooks, where a learner would find it.
+        "spark.sql.warehouse.dir": str(settings.lakehouse / "_warehouse"),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.streaming.stateStore.providerClass": (

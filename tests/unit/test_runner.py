@@ -63,7 +63,13 @@ def test_a_successful_run_writes_the_summary(tmp_path, monkeypatch):
 def test_notebooks_share_one_kernel_unless_asked_otherwise(tmp_path, monkeypatch):
     for name in ("first", "second"):
         record_pid = f"import os\nopen({str(tmp_path / name)!r}, 'w').write(str(os.getpid()))"
-        write_notebook(tmp_path / f"{name}.ipynb", record_pid)
+        # Over local sockets, not TCP: the kernel then has no plain-text warning to print.
+        transport = (
+            "from ipykernel.kernelapp import IPKernelApp\n"
+            f"open({str(tmp_path / name)!r} + '.transport', 'w')"
+            ".write(IPKernelApp.instance().transport)"
+        )
+        write_notebook(tmp_path / f"{name}.ipynb", record_pid, transport)
     monkeypatch.setenv(run.REPORT_ENV, "")  # main() sets it; restored after the test
     monkeypatch.setattr(run, "NOTEBOOK_DIR", tmp_path)
     monkeypatch.setattr(run, "NOTEBOOKS", ("first", "second"))
@@ -74,3 +80,4 @@ def test_notebooks_share_one_kernel_unless_asked_otherwise(tmp_path, monkeypatch
 
     assert len(kernel_pids()) == 1
     assert len(kernel_pids("--kernel-per-notebook")) == 2
+    assert {(tmp_path / f"{n}.transport").read_text() for n in ("first", "second")} == {"ipc"}
