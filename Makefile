@@ -11,6 +11,7 @@ MLFLOW_PORT ?= 5000
 ARGS ?=
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
+	catch-up learner-copies \
 	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -39,6 +40,13 @@ mlflow-ui: mlflow-env  ## the MLflow UI on the local registry (lakehouse/_mlflow
 
 run: setup  ## run notebooks 01-05 headless; e.g. make run ARGS="--rows 50000 --seed 7"
 	$(BIN)/python -m workbook.run $(ARGS)
+
+catch-up: setup  ## run the notebooks before UNTIL headless on your lakehouse: make catch-up UNTIL=03
+	@test -n "$(UNTIL)" || { echo "name the notebook to catch up to, e.g. make catch-up UNTIL=03"; exit 2; }
+	$(BIN)/python -m workbook.run --until $(UNTIL) $(ARGS)
+
+learner-copies: setup  ## the notebooks without outputs in learner/, to work in (yours are kept)
+	$(BIN)/python -m workbook.workshop $(ARGS)
 
 test: lint test-unit test-smoke test-notebooks  ## lint, the library, the workbook's summary, nbval
 

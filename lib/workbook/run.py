@@ -71,9 +71,22 @@ def parse_args(argv=None):
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
     parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
     parser.add_argument(
+        "--until",
+        type=notebook_named,
+        help="run the notebooks before this one (03 or 03_train), so a learner can open it",
+    )
+    parser.add_argument(
         "--kernel-per-notebook", action="store_true", help="a fresh kernel for each notebook"
     )
     return parser.parse_args(argv)
+
+
+def notebook_named(text: str) -> str:
+    """The notebook that ``text`` names: its full name or its number."""
+    found = [n for n in NOTEBOOKS if n == text or n.split("_")[0] == text.zfill(2)]
+    if not found:
+        raise argparse.ArgumentTypeError(f"no notebook {text!r}; one of {', '.join(NOTEBOOKS)}")
+    return found[0]
 
 
 def notebook_parameters(path: Path, overrides: dict) -> dict:
@@ -165,6 +178,9 @@ def main(argv=None) -> int:
     os.environ[REPORT_ENV] = str(run_dir / "report.json")
     wall: dict[str, float] = {}
     selected = args.only or NOTEBOOKS
+    if args.until:
+        selected = [n for n in selected if n < args.until]
+        print(f"Catching up to {args.until}: {', '.join(selected) or 'nothing to run'}")
     print(f"Running {len(selected)} notebooks; outputs in {run_dir}", flush=True)
     with PeakMemory() as memory, kernels(shared=not args.kernel_per_notebook) as kernel_for:
         for i, name in enumerate(selected, 1):

@@ -1,8 +1,10 @@
 """The headless runner: parameters, failure reporting and the summary."""
 
+import argparse
 import json
 
 import nbformat
+import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from workbook import run
@@ -81,3 +83,18 @@ def test_notebooks_share_one_kernel_unless_asked_otherwise(tmp_path, monkeypatch
     assert len(kernel_pids()) == 1
     assert len(kernel_pids("--kernel-per-notebook")) == 2
     assert {(tmp_path / f"{n}.transport").read_text() for n in ("first", "second")} == {"ipc"}
+
+
+def test_catch_up_runs_the_notebooks_before_the_one_named(tmp_path, monkeypatch, capsys):
+    names = ("01_first", "02_second", "03_third")
+    for name in names:
+        write_notebook(tmp_path / f"{name}.ipynb", f"open({str(tmp_path / name)!r}, 'w')")
+    monkeypatch.setenv(run.REPORT_ENV, "")  # main() sets it; restored after the test
+    monkeypatch.setattr(run, "NOTEBOOK_DIR", tmp_path)
+    monkeypatch.setattr(run, "NOTEBOOKS", names)
+    assert run.main(["--runs-dir", str(tmp_path / "runs"), "--until", "03"]) == 0
+    assert [(tmp_path / n).exists() for n in names] == [True, True, False]
+    assert "Catching up to 03_third: 01_first, 02_second" in capsys.readouterr().out
+    assert run.notebook_named("3") == run.notebook_named("03_third") == "03_third"
+    with pytest.raises(argparse.ArgumentTypeError):
+        run.notebook_named("07")
