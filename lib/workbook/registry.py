@@ -396,13 +396,29 @@ def _server_alias(alias: str) -> AliasedVersion | None:
     from urllib.parse import urlencode
 
     query = urlencode({"name": MODEL_NAME, "alias": alias})
-    found = _server_json(f"api/2.0/mlflow/registered-models/alias?{query}")
+    try:
+        found = _server_json(f"api/2.0/mlflow/registered-models/alias?{query}")
+    except _ServerError as error:  # the server says 400 for an alias (or model) it lacks
+        if "not found" in error.message.lower():
+            return None
+        raise
     if found is None:
         return None
     version = found["model_version"]
     run = _server_json(f"api/2.0/mlflow/runs/get?{urlencode({'run_id': version['run_id']})}")
     artifacts = run["run"]["info"]["artifact_uri"]
     return AliasedVersion(str(version["version"]), version["run_id"], artifacts)
+
+
+class _ServerError(RuntimeError):
+    """The tracking server answered with an error."""
+
+    def __init__(self, status: int, path: str, body: str):
+        try:
+            self.message = json.loads(body).get("message", body)
+        except ValueError:
+            self.message = body
+        super().__init__(f"MLflow tracking server: {status} for {path}: {self.message[:300]}")
 
 
 def _server_get(path: str) -> bytes | None:
@@ -417,8 +433,7 @@ def _server_get(path: str) -> bytes | None:
     except urllib.error.HTTPError as error:
         if error.code == 404:
             return None
-        detail = error.read()[:300].decode(errors="replace")
-        raise RuntimeError(f"MLflow tracking server: {error.code} for {path}: {detail}") from None
+        raise _ServerError(error.code, path, error.read().decode(errors="replace")) from None
     except urllib.error.URLError as error:
         raise services.SERVICES["mlflow"].unavailable(error.reason) from None
 
@@ -454,6 +469,11 @@ def registered_versions() -> set[str]:
 def set_alias(alias: str, version) -> None:
     """Point ``alias`` at ``version``: done last, once the version is complete."""
     client().set_registered_model_alias(MODEL_NAME, alias, str(version))
+
+
+def version_metadata(version) -> dict:
+    """The record of the run that registered ``version``."""
+    return run_metadata(client().get_model_version(MODEL_NAME, str(version)).run_id)
 
 
 def run_metadata(run_id: str) -> dict:
