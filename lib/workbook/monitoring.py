@@ -19,6 +19,7 @@ first three columns: monitoring a day again replaces its rows instead of adding 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -55,6 +56,18 @@ class Reference:
 
     def columns(self) -> tuple[str, ...]:
         return (*self.edges, *self.categorical)
+
+    def to_json(self) -> str:
+        shares = [[c, b, s] for (c, b), s in sorted(self.shares.items())]
+        return json.dumps(
+            {"edges": self.edges, "categorical": self.categorical, "shares": shares}, indent=1
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> Reference:
+        fields = json.loads(text)
+        shares = {(c, b): s for c, b, s in fields["shares"]}
+        return cls(fields["edges"], tuple(fields["categorical"]), shares)
 
 
 def reference(frame: DataFrame, numeric, categorical=(), bins: int = BINS) -> Reference:
@@ -138,6 +151,8 @@ def drift(frame: DataFrame, ref: Reference) -> DataFrame:
 def quality(scored: DataFrame, threshold: float) -> DataFrame:
     """Precision, recall (at ``threshold``) and PR-AUC of each labelled day of ``scored``.
 
+    A day with one class only (no fraud at all) has no rows: those measures are undefined.
+
     ``scored`` has ``monitored_day``, the score and the label. A day's scores are a few
     thousand numbers, so PR-AUC is computed on the driver with the workbook's metrics.
     """
@@ -145,6 +160,8 @@ def quality(scored: DataFrame, threshold: float) -> DataFrame:
     rows = []
     by_day = scored.select(names.MONITORED_DAY, names.PREDICTION_SCORE, names.LABEL).toPandas()
     for day, part in sorted(by_day.groupby(names.MONITORED_DAY), key=lambda item: item[0]):
+        if part[names.LABEL].nunique() < 2:
+            continue  # no fraud that day (or only fraud): PR-AUC and recall say nothing
         measured = metrics.evaluate(part[names.PREDICTION_SCORE], part[names.LABEL], threshold)
         rows += [(day, metric, float(measured[metric])) for metric in QUALITY_METRICS]
     schema = f"{names.MONITORED_DAY} date, {names.METRIC} string, {names.METRIC_VALUE} double"

@@ -28,6 +28,7 @@ FEATURES_TABLE = Location(CURATED_BUCKET, "financial_features_daily_account")
 MODEL = Location(MODELS_BUCKET, "financial_fraud_model")
 PREDICTIONS_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_predictions_stream")
 MONITORING_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_monitoring")
+DECISIONS_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_loop_decisions")
 
 TRANSACTIONS_TOPIC = "transactions"
 ONLINE_FEATURES_TABLE = "daily_account_features"

@@ -106,6 +106,19 @@ class SimulationConfig:
             n_accounts=self.accounts,
         )
 
+    def one_day(self, day_index: int) -> SimulationConfig:
+        """Day ``day_index`` alone (days after start_date), with this range's daily volume."""
+        return replace(
+            self,
+            first_day=day_index,
+            days=1,
+            n_transactions=round(self.n_transactions / self.days),
+            n_accounts=self.accounts,
+        )
+
+    def index_of(self, day: date) -> int:
+        return (day - date.fromisoformat(self.start_date)).days
+
     def drifted(self, day_index: int) -> bool:
         return self.drift is not None and day_index >= self.drift.start_day
 

@@ -9,33 +9,22 @@ the wrong way, a broken feature) moves the metrics out of their tolerance.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-
 import pytest
 
 from workbook.run import NOTEBOOKS
 
+from .conftest import DAYS, ROWS, SEED
+
 pytestmark = pytest.mark.spark
 
-ROWS, DAYS, SEED = 50_000, 14, 42
 # Measured at this size and seed; the tolerance allows for another platform's floating
 # point, not for another model.
 EXPECTED = {"roc_auc": (0.979, 0.01), "pr_auc": (0.448, 0.03)}
 
 
 @pytest.fixture(scope="module")
-def summary(tmp_path_factory) -> dict:
-    lakehouse = tmp_path_factory.mktemp("smoke-lakehouse")
-    runs = tmp_path_factory.mktemp("smoke-runs")
-    env = {**os.environ, "WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
-    command = [sys.executable, "-m", "workbook.run", "--rows", str(ROWS), "--days", str(DAYS)]
-    command += ["--seed", str(SEED), "--runs-dir", str(runs)]
-    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return json.loads((runs / "latest" / "summary.json").read_text())
+def summary(workbook_run) -> dict:
+    return workbook_run.summary
 
 
 @pytest.mark.parametrize("metric", sorted(EXPECTED))

@@ -105,6 +105,9 @@ def test_quality_per_labelled_day_matches_the_metrics(spark):
         expected = metrics.evaluate(scores[part], labels[part] * 1, 0.5)
         for metric in monitoring.QUALITY_METRICS:
             assert found[(d, metric)] == pytest.approx(expected[metric], abs=1e-12)
+    # A day without fraud has no quality to speak of: no rows rather than zeros.
+    calm = scored.filter(f"{names.MONITORED_DAY} = '{DAYS[0]}' AND {names.LABEL} = 0")
+    assert monitoring.quality(calm, threshold=0.5).count() == 0
 
 
 def test_monitoring_a_day_again_replaces_its_rows(spark, samples):
@@ -116,3 +119,9 @@ def test_monitoring_a_day_again_replaces_its_rows(spark, samples):
     table = lakehouse.read_table(spark, names.MONITORING_TABLE).toPandas()
     assert len(table) == 4
     assert not table.duplicated(list(monitoring.KEYS)).any()
+
+
+def test_a_reference_is_kept_as_json(spark, samples):
+    reference_df = spark.createDataFrame(pd.DataFrame({"x": samples["reference"], "k": "a"}))
+    ref = monitoring.reference(reference_df, ["x"], ["k"])
+    assert monitoring.Reference.from_json(ref.to_json()) == ref

@@ -325,3 +325,14 @@ def test_the_drift_is_deterministic():
     again = simulator.simulate(replace(DRIFTING, days=DRIFT_DAY + 3))
     for a, b in zip(first, again, strict=True):
         pd.testing.assert_frame_equal(a, b)
+
+
+def test_one_day_is_that_day_of_the_range():
+    day = SMALL.one_day(2)
+    assert (day.first_day, day.days, day.accounts) == (2, 1, SMALL.accounts)
+    assert SMALL.index_of(SMALL.day(2)) == 2
+    whole, _ = simulator.simulate(SMALL)
+    alone, _ = simulator.simulate(day)
+    pd.testing.assert_frame_equal(
+        alone, whole[whole[names.TIMESTAMP].str[:10] == str(SMALL.day(2))].reset_index(drop=True)
+    )

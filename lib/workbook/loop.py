@@ -1,0 +1,392 @@
+"""The lifecycle as a loop: one day of the platform, the same for notebook 06 and the runner.
+
+Notebooks 01 to 05 build the platform once; ``run_day`` then runs it for one new day:
+
+1. land the day's events and ingest them (01's ingestion);
+2. compute the feature rows of the days the raw table has and the feature table lacks,
+   from their 30-day window alone, and merge them in (the cost follows the new days);
+3. refresh the online store from the newest rows;
+4. score the day with the champion (04's scoring stream, drained and stopped);
+5. receive the labels of the day ``label_delay_days`` ago, as a bank learns of fraud late;
+6. monitor: drift of the model's inputs and score against the champion's test rows,
+   and the quality of the newly labelled day (``monitoring``);
+7. decide, with a reason a person can read, whether to train a challenger;
+8. if so, train it on recent labelled days, register it, and compare it with the champion
+   on the latest labelled days, which neither trained on; the alias moves only for a gain
+   of at least ``margin`` in PR-AUC.
+
+Every step can run again for the same day and changes nothing the second time: landing
+skips a landed day, ingestion and scoring keep checkpoints, features, labels, monitoring
+and decisions are merged on their keys, and a challenger is found again by its fingerprint.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from datetime import date, timedelta
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import BooleanType, DateType, StringType, StructField, StructType
+
+from workbook import (
+    features,
+    inference,
+    ingest,
+    lakehouse,
+    monitoring,
+    names,
+    promotion,
+    registry,
+    simulator,
+    sources,
+    store,
+    train,
+)
+from workbook.simulator import DriftScenario, SimulationConfig
+
+MONITORED_INPUTS = (*names.NUMERIC_INPUTS, names.PREDICTION_SCORE)
+DECISION_SCHEMA = StructType(
+    [
+        StructField(names.MONITORED_DAY, DateType(), False),
+        StructField("champion_before", StringType(), False),
+        StructField("retrain", BooleanType(), False),
+        StructField("challenger", StringType(), True),
+        StructField("champion_after", StringType(), False),
+        StructField("reason", StringType(), False),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    label_delay_days: int = 3  # a day's labels arrive this many days later
+    drift: DriftScenario | None = None  # the world from some day on; None: it stays as it was
+    train_days: int = 14  # a challenger learns from this many labelled days...
+    holdout_days: int = 3  # ...before these latest labelled days, where it meets the champion
+    margin: float = 0.02  # PR-AUC a challenger must gain over the champion to take over
+    psi_alert: float = monitoring.PSI_SIGNIFICANT  # a significant shift (see monitoring)
+    drifting_inputs: int = 2  # this many inputs (or the score) over psi_alert call for training
+    quality_drop: float = 0.25  # PR-AUC below the champion's test PR-AUC by this share, too
+    retrain_every_days: int = 3  # at most one challenger in this many days: new labels first
+    reg_param: float = 0.001
+    max_iter: int = 100
+
+
+@dataclass
+class DayReport:
+    day: date
+    events: dict = field(default_factory=dict)
+    feature_days: list[str] = field(default_factory=list)
+    online: dict = field(default_factory=dict)
+    predictions: int = 0
+    labels_of: str | None = None
+    drift: dict[str, float] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    retrain: bool = False
+    challenger: str | None = None
+    champion: str = ""
+    reason: str = ""
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "day": str(self.day)}, default=str)
+
+
+def world(spark: SparkSession, settings: LoopSettings) -> SimulationConfig:
+    """The simulated period of 01, continued with the settings' drift scenario."""
+    return replace(lakehouse.load_simulation(spark), drift=settings.drift)
+
+
+def next_day(spark: SparkSession) -> date:
+    """The day after the last one the raw table holds."""
+    raw = lakehouse.read_table(spark, names.RAW_TABLE)
+    return raw.agg(F.max(F.to_date(names.TIMESTAMP))).first()[0] + timedelta(days=1)
+
+
+def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None) -> DayReport:
+    """One day of the platform (see the module's docstring)."""
+    settings = settings or LoopSettings()
+    config = world(spark, settings)
+    report = DayReport(day)
+    report.events = sources.publish(spark, config.one_day(config.index_of(day)))
+    ingest.ingest_events(spark)
+    report.feature_days = [str(d) for d in update_features(spark, day)]
+    report.online = refresh_online(spark, day)
+    model, champion = registry.load_spark_model(spark, names.CHAMPION)
+    report.predictions = score(spark, model, champion, day)
+    labelled = receive_labels(spark, config, day - timedelta(days=settings.label_delay_days))
+    report.labels_of = str(labelled) if labelled else None
+    report.drift = monitor_drift(spark, model, champion, day)
+    report.quality = monitor_quality(spark, labelled) if labelled else {}
+    decided = recorded_decision(spark, day)
+    if decided is not None:  # a rerun of the day keeps the day's decision
+        report.retrain, report.challenger = decided["retrain"], decided["challenger"]
+        report.champion, report.reason = decided["champion_after"], decided["reason"]
+        return report
+    report.retrain, report.reason = decide(spark, champion, report, settings)
+    report.champion = champion.version
+    if report.retrain:
+        version, outcome = retrain(spark, config, day, settings)
+        report.challenger, report.champion = str(version), outcome.champion
+        report.reason += f"; {outcome.reason}"
+    record_decision(spark, champion.version, report)
+    return report
+
+
+# -- 2. and 3. features, offline and online ----------------------------------------------------
+
+
+def update_features(spark: SparkSession, day: date) -> list[date]:
+    """Merge the feature rows of the days after the table's last one, up to ``day``."""
+    path = lakehouse.location(names.FEATURES_TABLE)
+    table = spark.read.format("delta").load(path)
+    first = table.agg(F.max(names.TRANSACTION_DATE)).first()[0] + timedelta(days=1)
+    if first > day:
+        return []  # done before: a rerun of the day
+    raw = lakehouse.read_table(spark, names.RAW_TABLE)
+    rows = features.for_days(raw, first, day, table.select(names.ACCOUNT_ID))
+    lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+    return [first + timedelta(days=k) for k in range((day - first).days + 1)]
+
+
+def refresh_online(spark: SparkSession, day: date) -> dict[str, int]:
+    """Every account's row of ``day`` (the newest), upserted into the online table."""
+    table = lakehouse.read_table(spark, names.FEATURES_TABLE)
+    latest = table.filter(F.col(names.TRANSACTION_DATE) == F.lit(day))
+    conn = store.connect()
+    try:
+        store.create_tables(conn)
+        return store.materialize(conn, latest)
+    finally:
+        conn.close()
+
+
+# -- 4. scoring ------------------------------------------------------------------------------
+
+
+def score(spark: SparkSession, model, champion: registry.LoadedModel, day: date) -> int:
+    """Drain the scoring stream with the champion; the number of predictions of ``day``."""
+    predictions_path = lakehouse.location(names.PREDICTIONS_TABLE)
+    inference.start_scoring(
+        spark,
+        model,
+        champion.version,
+        lakehouse.location(names.RAW_TABLE),
+        lakehouse.location(names.FEATURES_TABLE),
+        predictions_path,
+        starting_version=train.trained_on_version(champion.metadata) + 1,
+    ).awaitTermination()
+    return _of_day(spark.read.format("delta").load(predictions_path), day).count()
+
+
+def _of_day(frame: DataFrame, day: date) -> DataFrame:
+    return frame.filter(F.to_date(names.TIMESTAMP) == F.lit(day))
+
+
+# -- 5. labels, late -------------------------------------------------------------------------
+
+
+def receive_labels(spark: SparkSession, config: SimulationConfig, day: date) -> date | None:
+    """Merge the labels of ``day`` into the labels table; ``None`` for a day before the loop.
+
+    The simulated period's labels came with 01, and 04's day's with 04.
+    """
+    if day <= config.end_date:
+        return None
+    _, labels = simulator.simulate(config.one_day(config.index_of(day)))
+    ingest.write_labels(spark, labels, lakehouse.location(names.LABELS_TABLE))
+    return day
+
+
+# -- 6. monitoring ---------------------------------------------------------------------------
+
+
+def monitored_rows(spark: SparkSession, day: date) -> DataFrame:
+    """The predictions of ``day`` with the inputs they were scored on: one row each."""
+    raw = _of_day(lakehouse.read_table(spark, names.RAW_TABLE), day)
+    inputs = features.transaction_features(raw, lakehouse.read_table(spark, names.FEATURES_TABLE))
+    predictions = _of_day(lakehouse.read_table(spark, names.PREDICTIONS_TABLE), day).select(
+        names.TRANSACTION_ID, names.PREDICTION_SCORE, names.MODEL_VERSION
+    )
+    return inputs.join(predictions, names.TRANSACTION_ID).withColumn(
+        names.MONITORED_DAY, F.lit(day)
+    )
+
+
+def reference(spark: SparkSession, model, champion: registry.LoadedModel) -> monitoring.Reference:
+    """The champion's test rows, binned: computed once per version, then kept as JSON.
+
+    Its test days, not all its training days: they are the latest it was measured on, and
+    their rolling features have the same history behind them as the days that follow (in
+    the first weeks of the data, 7- and 30-day counts are still filling up).
+    """
+    path = f"{lakehouse.location(names.MONITORING_TABLE)}_references/{champion.version}.json"
+    if lakehouse.exists(spark, path):
+        return monitoring.Reference.from_json(lakehouse.read_text(spark, path))
+    metadata = champion.metadata
+    raw, table, labels = train.read_inputs(spark, metadata["table_versions"])
+    test_from = F.lit(metadata["split"]["test_from"]).cast("date")
+    test_until = F.date_add(test_from, int(metadata["split"]["test_days"]) - 1)
+    rows = train.training_set(raw, table, labels).filter(
+        F.col(names.TRANSACTION_DATE).between(test_from, test_until)
+    )
+    found = monitoring.reference(
+        train.score(model, rows), MONITORED_INPUTS, names.CATEGORICAL_INPUTS
+    )
+    lakehouse.write_text(spark, path, found.to_json())
+    return found
+
+
+def monitor_drift(spark, model, champion: registry.LoadedModel, day: date) -> dict[str, float]:
+    """PSI of each input and of the score on ``day``, recorded for the champion's version."""
+    results = monitoring.drift(monitored_rows(spark, day), reference(spark, model, champion))
+    monitoring.record(spark, results, champion.version)
+    return {r[names.METRIC]: round(r[names.METRIC_VALUE], 4) for r in results.collect()}
+
+
+def monitor_quality(spark: SparkSession, day: date) -> dict[str, float]:
+    """Precision, recall and PR-AUC of the newly labelled ``day``, per version that scored it."""
+    labels = lakehouse.read_table(spark, names.LABELS_TABLE)
+    scored = monitored_rows(spark, day).join(labels, names.TRANSACTION_ID)
+    found = {}
+    for (version,) in scored.select(names.MODEL_VERSION).distinct().collect():
+        threshold = registry.version_metadata(version)["threshold"]
+        results = monitoring.quality(
+            scored.filter(F.col(names.MODEL_VERSION) == version), threshold
+        )
+        monitoring.record(spark, results, version)
+        found |= {r[names.METRIC]: round(r[names.METRIC_VALUE], 4) for r in results.collect()}
+    return found
+
+
+# -- 7. the decision -------------------------------------------------------------------------
+
+
+def decide(spark, champion, report: DayReport, settings: LoopSettings) -> tuple[bool, str]:
+    """Train a challenger, or not, and why, in words."""
+    drifting = sorted(
+        m.removeprefix(monitoring.PSI_PREFIX)
+        for m, v in report.drift.items()
+        if v > settings.psi_alert
+    )
+    reasons = []
+    if len(drifting) >= settings.drifting_inputs or names.PREDICTION_SCORE in drifting:
+        reasons.append(f"significant drift (PSI > {settings.psi_alert}) of {', '.join(drifting)}")
+    expected = champion.metadata["metrics"]["test"]["pr_auc"]
+    floor = expected * (1 - settings.quality_drop)
+    if report.quality and report.quality["pr_auc"] < floor:
+        reasons.append(
+            f"PR-AUC {report.quality['pr_auc']:.3f} on {report.labels_of} is below "
+            f"{floor:.3f} ({settings.quality_drop:.0%} under its test PR-AUC {expected:.3f})"
+        )
+    if not reasons:
+        shown = ", ".join(drifting) or "no input"
+        return False, f"keep version {champion.version}: {shown} over the PSI alert, quality held"
+    last = _last_retrain(spark, report.day)
+    if last is not None and (report.day - last).days < settings.retrain_every_days:
+        return False, (
+            f"keep version {champion.version} for now: {'; '.join(reasons)}; a challenger "
+            f"was trained on {last}, and fewer than {settings.retrain_every_days} new days "
+            "of labels have arrived since"
+        )
+    return True, f"train a challenger: {'; '.join(reasons)}"
+
+
+def _last_retrain(spark: SparkSession, before: date) -> date | None:
+    path = lakehouse.location(names.DECISIONS_TABLE)
+    if not lakehouse.is_delta_table(spark, path):
+        return None
+    done = (
+        spark.read.format("delta")
+        .load(path)
+        .filter(F.col("retrain") & (F.col(names.MONITORED_DAY) < F.lit(before)))
+    )
+    return done.agg(F.max(names.MONITORED_DAY)).first()[0]
+
+
+# -- 8. retraining and promotion -------------------------------------------------------------
+
+
+def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings):
+    """Train on recent labelled days, register, and let the challenger meet the champion."""
+    labelled_until = day - timedelta(days=settings.label_delay_days)
+    test_from = labelled_until - timedelta(days=settings.holdout_days - 1)
+    train_from = test_from - timedelta(days=settings.train_days)
+    versions = lakehouse.table_versions(spark, train.INPUT_TABLES)
+    raw, table, labels = train.read_inputs(spark, versions)
+    window = F.col(names.TRANSACTION_DATE).between(F.lit(train_from), F.lit(labelled_until))
+    data = train.training_set(raw, table, labels).filter(window).cache()
+    train_df, holdout = train.time_split(data, test_from)
+    pipeline = train.build_pipeline(reg_param=settings.reg_param, max_iter=settings.max_iter)
+    model = pipeline.fit(train.with_class_weights(train_df))
+    evaluation = train.evaluate(
+        train.scores_and_labels(train.score(model, train_df), names.AMOUNT),
+        train.scores_and_labels(train.score(model, holdout), names.AMOUNT),
+    )
+    train.set_threshold(model, evaluation.threshold)
+    metadata = train.model_metadata(config, versions, test_from, settings.holdout_days, evaluation)
+    metadata["split"]["train_from"] = str(train_from)
+    parameters = train.run_parameters(
+        config, settings.reg_param, settings.max_iter, settings.holdout_days
+    ) | {"train_from": str(train_from), "trained_on_day": str(day)}
+    example = holdout.select(*names.NUMERIC_INPUTS, *names.CATEGORICAL_INPUTS).limit(5)
+    run = registry.log_training_run(
+        spark, model, parameters=parameters, metadata=metadata, input_example=example.toPandas()
+    )
+    version, _ = registry.register(run)
+    registry.set_alias(names.CHALLENGER, version.version)
+    outcome = promotion.consider(
+        spark, version, evaluation.model["pr_auc"], holdout, margin=settings.margin
+    )
+    data.unpersist()
+    return version.version, outcome
+
+
+def recorded_decision(spark: SparkSession, day: date):
+    """The decision recorded for ``day``, if the day was decided before."""
+    path = lakehouse.location(names.DECISIONS_TABLE)
+    if not lakehouse.is_delta_table(spark, path):
+        return None
+    rows = spark.read.format("delta").load(path).filter(F.col(names.MONITORED_DAY) == F.lit(day))
+    return rows.first()
+
+
+def record_decision(spark: SparkSession, champion_before: str, report: DayReport) -> None:
+    """One row per day: what the loop decided and why."""
+    path = lakehouse.location(names.DECISIONS_TABLE)
+    lakehouse.ensure_table(spark, path, DECISION_SCHEMA)
+    row = (
+        report.day,
+        str(champion_before),
+        report.retrain,
+        report.challenger,
+        str(report.champion),
+        report.reason,
+    )
+    rows = spark.createDataFrame([row], DECISION_SCHEMA)
+    lakehouse.merge_new_rows(spark, path, rows, [names.MONITORED_DAY])
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    from workbook.spark import get_spark
+
+    parser = argparse.ArgumentParser(description="Run the platform for some days (notebook 06).")
+    parser.add_argument("--days", type=int, default=1, help="days to run, after the last one")
+    parser.add_argument("--label-delay", type=int, default=LoopSettings.label_delay_days)
+    parser.add_argument("--drift-from", type=date.fromisoformat, help="the drift's first day")
+    args = parser.parse_args(argv)
+    spark = get_spark("06_monitor_retrain")
+    config = lakehouse.load_simulation(spark)
+    drift = DriftScenario(config.index_of(args.drift_from)) if args.drift_from else None
+    settings = LoopSettings(label_delay_days=args.label_delay, drift=drift)
+    for _ in range(args.days):
+        print(run_day(spark, next_day(spark), settings).to_json(), flush=True)
+    spark.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
