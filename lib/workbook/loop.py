@@ -113,14 +113,18 @@ def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None
     ingest.ingest_events(spark)
     report.feature_days = [str(d) for d in update_features(spark, day)]
     report.online = refresh_online(spark, day)
-    model, champion = registry.load_spark_model(spark, names.CHAMPION)
+    # A day decided before is run again with the champion it had then, and keeps its decision.
+    decided = recorded_decision(spark, day)
+    if decided is None:
+        model, champion = registry.load_spark_model(spark, names.CHAMPION)
+    else:
+        model, champion = registry.load_spark_model(spark, version=decided["champion_before"])
     report.predictions = score(spark, model, champion, day)
     labelled = receive_labels(spark, config, day - timedelta(days=settings.label_delay_days))
     report.labels_of = str(labelled) if labelled else None
     report.drift = monitor_drift(spark, model, champion, day)
     report.quality = monitor_quality(spark, labelled) if labelled else {}
-    decided = recorded_decision(spark, day)
-    if decided is not None:  # a rerun of the day keeps the day's decision
+    if decided is not None:
         report.retrain, report.challenger = decided["retrain"], decided["challenger"]
         report.champion, report.reason = decided["champion_after"], decided["reason"]
         return report
