@@ -225,7 +225,7 @@ def reference(spark: SparkSession, model, champion: registry.LoadedModel) -> mon
     their rolling features have the same history behind them as the days that follow (in
     the first weeks of the data, 7- and 30-day counts are still filling up).
     """
-    path = f"{lakehouse.location(names.MONITORING_TABLE)}_references/{champion.version}.json"
+    path = f"{lakehouse.location(names.MONITORING_REFERENCES)}/{champion.version}.json"
     if lakehouse.exists(spark, path):
         return monitoring.Reference.from_json(lakehouse.read_text(spark, path))
     metadata = champion.metadata

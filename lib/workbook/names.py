@@ -28,6 +28,8 @@ FEATURES_TABLE = Location(CURATED_BUCKET, "financial_features_daily_account")
 MODEL = Location(MODELS_BUCKET, "financial_fraud_model")
 PREDICTIONS_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_predictions_stream")
 MONITORING_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_monitoring")
+# Each champion's reference bins for drift, one JSON file per version.
+MONITORING_REFERENCES = Location(PREDICTIONS_BUCKET, "financial_fraud_monitoring_references")
 DECISIONS_TABLE = Location(PREDICTIONS_BUCKET, "financial_fraud_loop_decisions")
 
 TRANSACTIONS_TOPIC = "transactions"
