@@ -154,3 +154,35 @@ def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
         "inserted": int(metrics.get("numTargetRowsInserted", 0)),
         "updated": int(metrics.get("numTargetRowsUpdated", 0)),
     }
+
+
+def upsert_few(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
+    """``upsert`` for a few rows (a day's metrics): most reruns then write nothing at all.
+
+    The table's rows with those keys are compared on the driver: new rows are appended,
+    and only when a stored row differs does the whole set go through a MERGE (a MERGE costs
+    about a dozen Spark jobs, an append one).
+    """
+    from pyspark.sql import functions as F
+
+    from workbook.spark import local_frame
+
+    wanted = rows.collect()
+    first = {row[keys[0]] for row in wanted}
+    table = spark.read.format("delta").load(path)
+    stored = {
+        tuple(row[k] for k in keys): row.asDict()
+        for row in table.filter(F.col(keys[0]).isin(first)).collect()
+    }
+    new = [row for row in wanted if tuple(row[k] for k in keys) not in stored]
+    changed = [
+        row
+        for row in wanted
+        if tuple(row[k] for k in keys) in stored
+        and stored[tuple(row[k] for k in keys)] != row.asDict()
+    ]
+    if changed:
+        upsert(spark, path, local_frame(spark, wanted, rows.schema), keys)
+    elif new:
+        local_frame(spark, new, rows.schema).write.format("delta").mode("append").save(path)
+    return {"inserted": len(new), "updated": len(changed)}

@@ -23,6 +23,8 @@ and decisions are merged on their keys, and a challenger is found again by its f
 from __future__ import annotations
 
 import json
+import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 
@@ -45,6 +47,7 @@ from workbook import (
     train,
 )
 from workbook.simulator import DriftScenario, SimulationConfig
+from workbook.spark import local_frame
 
 MONITORED_INPUTS = (*names.NUMERIC_INPUTS, names.PREDICTION_SCORE)
 DECISION_SCHEMA = StructType(
@@ -88,6 +91,7 @@ class DayReport:
     challenger: str | None = None
     champion: str = ""
     reason: str = ""
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each stage
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "day": str(self.day)}, default=str)
@@ -109,33 +113,45 @@ def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None
     settings = settings or LoopSettings()
     config = world(spark, settings)
     report = DayReport(day)
-    report.events = sources.publish(spark, config.one_day(config.index_of(day)))
-    ingest.ingest_events(spark)
-    report.feature_days = [str(d) for d in update_features(spark, day)]
-    report.online = refresh_online(spark, day)
+    with _timed(report, "ingest"):
+        report.events = sources.publish(spark, config.one_day(config.index_of(day)))
+        ingest.ingest_events(spark)
+    with _timed(report, "features"):
+        report.feature_days = [str(d) for d in update_features(spark, day)]
+        report.online = refresh_online(spark, day)
     # A day decided before is run again with the champion it had then, and keeps its decision.
     decided = recorded_decision(spark, day)
-    if decided is None:
-        model, champion = registry.load_spark_model(spark, names.CHAMPION)
-    else:
-        model, champion = registry.load_spark_model(spark, version=decided["champion_before"])
-    report.predictions = score(spark, model, champion, day)
-    labelled = receive_labels(spark, config, day - timedelta(days=settings.label_delay_days))
-    report.labels_of = str(labelled) if labelled else None
-    report.drift = monitor_drift(spark, model, champion, day)
-    report.quality = monitor_quality(spark, labelled) if labelled else {}
+    with _timed(report, "scoring"):
+        if decided is None:
+            model, champion = registry.load_spark_model(spark, names.CHAMPION)
+        else:
+            model, champion = registry.load_spark_model(spark, version=decided["champion_before"])
+        report.predictions = score(spark, model, champion, day)
+    with _timed(report, "monitoring"):
+        labelled = receive_labels(spark, config, day - timedelta(days=settings.label_delay_days))
+        report.labels_of = str(labelled) if labelled else None
+        report.drift = monitor_drift(spark, model, champion, day)
+        report.quality = monitor_quality(spark, labelled) if labelled else {}
     if decided is not None:
         report.retrain, report.challenger = decided["retrain"], decided["challenger"]
         report.champion, report.reason = decided["champion_after"], decided["reason"]
         return report
-    report.retrain, report.reason = decide(spark, champion, report, settings)
-    report.champion = champion.version
-    if report.retrain:
-        version, outcome = retrain(spark, config, day, settings)
-        report.challenger, report.champion = str(version), outcome.champion
-        report.reason += f"; {outcome.reason}"
-    record_decision(spark, champion.version, report)
+    with _timed(report, "decision"):
+        report.retrain, report.reason = decide(spark, champion, report, settings)
+        report.champion = champion.version
+        if report.retrain:
+            version, outcome = retrain(spark, config, day, settings)
+            report.challenger, report.champion = str(version), outcome.champion
+            report.reason += f"; {outcome.reason}"
+        record_decision(spark, champion.version, report)
     return report
+
+
+@contextmanager
+def _timed(report: DayReport, step: str):
+    start = time.perf_counter()
+    yield
+    report.seconds[step] = round(time.perf_counter() - start, 1)
 
 
 # -- 2. and 3. features, offline and online ----------------------------------------------------
@@ -149,7 +165,10 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
     if first > day:
         return []  # done before: a rerun of the day
     raw = lakehouse.read_table(spark, names.RAW_TABLE)
-    rows = features.for_days(raw, first, day, table.select(names.ACCOUNT_ID))
+    # Computed once (a few thousand rows a day), not again in each pass of the MERGE.
+    # Every account seen before has a row on every later day: the last day's rows name them.
+    known = table.filter(F.col(names.TRANSACTION_DATE) == F.lit(first - timedelta(days=1)))
+    rows = features.for_days(raw, first, day, known).localCheckpoint()
     lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
     return [first + timedelta(days=k) for k in range((day - first).days + 1)]
 
@@ -252,7 +271,7 @@ def monitor_drift(spark, model, champion: registry.LoadedModel, day: date) -> di
 def monitor_quality(spark: SparkSession, day: date) -> dict[str, float]:
     """Precision, recall and PR-AUC of the newly labelled ``day``, per version that scored it."""
     labels = lakehouse.read_table(spark, names.LABELS_TABLE)
-    scored = monitored_rows(spark, day).join(labels, names.TRANSACTION_ID)
+    scored = monitored_rows(spark, day).join(labels, names.TRANSACTION_ID).cache()
     found = {}
     for (version,) in scored.select(names.MODEL_VERSION).distinct().collect():
         threshold = registry.version_metadata(version)["threshold"]
@@ -261,6 +280,7 @@ def monitor_quality(spark: SparkSession, day: date) -> dict[str, float]:
         )
         monitoring.record(spark, results, version)
         found |= {r[names.METRIC]: round(r[names.METRIC_VALUE], 4) for r in results.collect()}
+    scored.unpersist()
     return found
 
 
@@ -368,7 +388,7 @@ def record_decision(spark: SparkSession, champion_before: str, report: DayReport
         str(report.champion),
         report.reason,
     )
-    rows = spark.createDataFrame([row], DECISION_SCHEMA)
+    rows = local_frame(spark, [row], DECISION_SCHEMA)
     lakehouse.merge_new_rows(spark, path, rows, [names.MONITORED_DAY])
 
 

@@ -20,6 +20,7 @@ first three columns: monitoring a day again replaces its rows instead of adding 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 from pyspark.sql import DataFrame, SparkSession
@@ -27,6 +28,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DateType, DoubleType, StringType, StructField, StructType
 
 from workbook import lakehouse, metrics, names
+from workbook.spark import local_frame
 
 SHARE_FLOOR = 1e-4
 BINS = 10
@@ -120,32 +122,27 @@ def _bin_counts(binned: DataFrame) -> DataFrame:
 def drift(frame: DataFrame, ref: Reference) -> DataFrame:
     """PSI of each of ``ref``'s columns on each day of ``frame``: (day, metric, value).
 
-    ``frame`` has a ``monitored_day`` column and the reference's columns.
+    ``frame`` has a ``monitored_day`` column and the reference's columns. Spark bins and
+    counts the rows; the PSI sums run on the driver over those counts (a few hundred), and
+    the result is a small DataFrame that later uses do not compute again.
     """
-    spark = frame.sparkSession
-    counts = _bin_counts(_binned(frame, ref))
-    day_totals = counts.groupBy(names.MONITORED_DAY, "column").agg(F.sum("count").alias("total"))
-    observed = counts.join(day_totals, [names.MONITORED_DAY, "column"]).select(
-        names.MONITORED_DAY, "column", "bin", (F.col("count") / F.col("total")).alias("share")
-    )
-    expected = spark.createDataFrame(
-        [(c, b, s) for (c, b), s in sorted(ref.shares.items())],
-        "column string, bin string, reference_share double",
-    )
-    # Every reference bin on every day, so a bin the day leaves empty counts too.
-    grid = day_totals.select(names.MONITORED_DAY, "column").join(expected, "column")
-    both = grid.join(observed, [names.MONITORED_DAY, "column", "bin"], "full_outer")
-    actual = F.greatest(F.coalesce(F.col("share"), F.lit(0.0)), F.lit(SHARE_FLOOR))
-    wanted = F.greatest(F.coalesce(F.col("reference_share"), F.lit(0.0)), F.lit(SHARE_FLOOR))
-    term = (actual - wanted) * F.log(actual / wanted)
-    return (
-        both.groupBy(names.MONITORED_DAY, "column")
-        .agg(
-            F.concat(F.lit(PSI_PREFIX), F.col("column")).alias(names.METRIC),
-            F.sum(term).alias(names.METRIC_VALUE),
-        )
-        .drop("column")
-    )
+    counts: dict[tuple, dict[str, int]] = {}
+    for row in _bin_counts(_binned(frame, ref)).collect():
+        counts.setdefault((row[names.MONITORED_DAY], row["column"]), {})[row["bin"]] = row["count"]
+    rows = []
+    for (day, column), observed in sorted(counts.items()):
+        total = sum(observed.values())
+        # Every reference bin, so a bin the day leaves empty counts too, and every bin the
+        # day has, so a value the reference never saw counts as well.
+        bins = {b for c, b in ref.shares if c == column} | set(observed)
+        psi = 0.0
+        for b in bins:
+            actual = max(observed.get(b, 0) / total, SHARE_FLOOR)
+            wanted = max(ref.shares.get((column, b), 0.0), SHARE_FLOOR)
+            psi += (actual - wanted) * math.log(actual / wanted)
+        rows.append((day, PSI_PREFIX + column, psi))
+    schema = f"{names.MONITORED_DAY} date, {names.METRIC} string, {names.METRIC_VALUE} double"
+    return local_frame(frame.sparkSession, rows, schema)
 
 
 def quality(scored: DataFrame, threshold: float) -> DataFrame:
@@ -165,7 +162,7 @@ def quality(scored: DataFrame, threshold: float) -> DataFrame:
         measured = metrics.evaluate(part[names.PREDICTION_SCORE], part[names.LABEL], threshold)
         rows += [(day, metric, float(measured[metric])) for metric in QUALITY_METRICS]
     schema = f"{names.MONITORED_DAY} date, {names.METRIC} string, {names.METRIC_VALUE} double"
-    return spark.createDataFrame(rows, schema)
+    return local_frame(spark, rows, schema)
 
 
 def record(spark: SparkSession, results: DataFrame, model_version: str) -> dict[str, int]:
@@ -178,7 +175,7 @@ def record(spark: SparkSession, results: DataFrame, model_version: str) -> dict[
         names.METRIC,
         F.col(names.METRIC_VALUE).cast("double"),
     )
-    return lakehouse.upsert(spark, path, rows, list(KEYS))
+    return lakehouse.upsert_few(spark, path, rows, list(KEYS))
 
 
 def reading(psi: float) -> str:
