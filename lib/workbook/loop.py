@@ -84,6 +84,7 @@ class DayReport:
     feature_days: list[str] = field(default_factory=list)
     online: dict = field(default_factory=dict)
     predictions: int = 0
+    scored_by: str = ""  # the version that scored the day: the champion of its morning
     labels_of: str | None = None
     drift: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
@@ -108,13 +109,26 @@ def next_day(spark: SparkSession) -> date:
     return raw.agg(F.max(F.to_date(names.TIMESTAMP))).first()[0] + timedelta(days=1)
 
 
+def loop_days(spark: SparkSession, count: int) -> list[date]:
+    """The loop's ``count`` days: from its first decided day, or else from the next day.
+
+    So a rerun (of notebook 06, of the runner) goes over the same days again.
+    """
+    first = None
+    path = lakehouse.location(names.DECISIONS_TABLE)
+    if lakehouse.is_delta_table(spark, path):
+        first = spark.read.format("delta").load(path).agg(F.min(names.MONITORED_DAY)).first()[0]
+    first = first or next_day(spark)
+    return [first + timedelta(days=k) for k in range(count)]
+
+
 def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None) -> DayReport:
     """One day of the platform (see the module's docstring)."""
     settings = settings or LoopSettings()
     config = world(spark, settings)
     report = DayReport(day)
     with _timed(report, "ingest"):
-        report.events = sources.publish(spark, config.one_day(config.index_of(day)))
+        report.events = sources.publish(spark, config.one_day(config.index_of(day)), progress=False)
         ingest.ingest_events(spark)
     with _timed(report, "features"):
         report.feature_days = [str(d) for d in update_features(spark, day)]
@@ -127,6 +141,7 @@ def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None
         else:
             model, champion = registry.load_spark_model(spark, version=decided["champion_before"])
         report.predictions = score(spark, model, champion, day)
+        report.scored_by = champion.version
     with _timed(report, "monitoring"):
         labelled = receive_labels(spark, config, day - timedelta(days=settings.label_delay_days))
         report.labels_of = str(labelled) if labelled else None
@@ -284,6 +299,26 @@ def monitor_quality(spark: SparkSession, day: date) -> dict[str, float]:
     return found
 
 
+def quality_of(spark: SparkSession, version: str, days: list[date]):
+    """Precision, recall and PR-AUC that ``version`` has, or would have had, on labelled ``days``.
+
+    The days' transactions are scored again by that version, whichever version scored them
+    at the time: so a champion and its challenger are compared on the same rows. A pandas
+    frame, one row per (day, metric); days without labels, or without fraud, have none.
+    """
+    model, loaded = registry.load_spark_model(spark, version=version)
+    raw = lakehouse.read_table(spark, names.RAW_TABLE).filter(
+        F.to_date(names.TIMESTAMP).isin(list(days))
+    )
+    inputs = features.transaction_features(raw, lakehouse.read_table(spark, names.FEATURES_TABLE))
+    labelled = inputs.join(lakehouse.read_table(spark, names.LABELS_TABLE), names.TRANSACTION_ID)
+    scored = train.score(model, labelled).withColumn(
+        names.MONITORED_DAY, F.col(names.TRANSACTION_DATE)
+    )
+    found = monitoring.quality(scored, loaded.metadata["threshold"]).toPandas()
+    return found.assign(**{names.MODEL_VERSION: loaded.version})
+
+
 # -- 7. the decision -------------------------------------------------------------------------
 
 
@@ -306,7 +341,15 @@ def decide(spark, champion, report: DayReport, settings: LoopSettings) -> tuple[
         )
     if not reasons:
         shown = ", ".join(drifting) or "no input"
-        return False, f"keep version {champion.version}: {shown} over the PSI alert, quality held"
+        moderate = sorted(
+            m.removeprefix(monitoring.PSI_PREFIX)
+            for m, v in report.drift.items()
+            if monitoring.PSI_STABLE <= v <= settings.psi_alert
+        )
+        watch = f", a moderate shift of {', '.join(moderate)} to watch" if moderate else ""
+        return False, (
+            f"keep version {champion.version}: {shown} over the PSI alert{watch}, quality held"
+        )
     last = _last_retrain(spark, report.day)
     if last is not None and (report.day - last).days < settings.retrain_every_days:
         return False, (

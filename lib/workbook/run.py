@@ -1,6 +1,7 @@
-"""Run the whole workbook headless: notebooks 01 to 05 in order, with papermill.
+"""Run the whole workbook headless: notebooks 01 to 06 in order, with papermill.
 
     python -m workbook.run [--rows N] [--days D] [--seed S] [--start-date YYYY-MM-DD]
+                           [--loop-days N] [--drift-from-day K] [--label-delay L]
 
 Executed notebooks and their HTML exports go to ``runs/<time>/``; ``runs/latest`` points at
 the newest run and holds ``summary.json``.
@@ -26,7 +27,14 @@ from pathlib import Path
 from workbook.config import REPO_ROOT
 from workbook.report import REPORT_ENV
 
-NOTEBOOKS = ("01_ingest", "02_features", "03_train", "04_stream_inference", "05_feature_store")
+NOTEBOOKS = (
+    "01_ingest",
+    "02_features",
+    "03_train",
+    "04_stream_inference",
+    "05_feature_store",
+    "06_monitor_retrain",
+)
 NOTEBOOK_DIR = REPO_ROOT / "notebooks"
 
 
@@ -68,6 +76,9 @@ def parse_args(argv=None):
     parser.add_argument("--days", type=int, help="days in the simulated period")
     parser.add_argument("--seed", type=int, help="simulator seed")
     parser.add_argument("--start-date", help="first simulated day, YYYY-MM-DD")
+    parser.add_argument("--loop-days", type=int, help="days 06 runs the platform for")
+    parser.add_argument("--drift-from-day", type=int, help="06's day the drift starts (0: none)")
+    parser.add_argument("--label-delay", type=int, help="days until a day's labels arrive (06)")
     parser.add_argument("--runs-dir", type=Path, default=REPO_ROOT / "runs")
     parser.add_argument("--only", nargs="*", choices=NOTEBOOKS, help="run only these notebooks")
     parser.add_argument(
@@ -155,6 +166,7 @@ def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dic
             for k in ("roc_auc", "pr_auc", "registered_version", "alias", "tracking_uri")
         },
         "lookup_latency": {k: report.get(k) for k in ("p50_ms", "p95_ms", "p99_ms")},
+        "monitoring": report.get("monitoring"),
         "wall_seconds": {**wall, "total": round(sum(wall.values()), 1)},
         "peak_rss_mb": round(peak_mb),
         "parameters": parameters,
@@ -172,6 +184,9 @@ def main(argv=None) -> int:
         "days": args.days,
         "seed": args.seed,
         "start_date": args.start_date,
+        "loop_days": args.loop_days,
+        "drift_from_day": args.drift_from_day,
+        "label_delay_days": args.label_delay,
     }
     run_dir = args.runs_dir / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     (run_dir / "html").mkdir(parents=True)
@@ -213,7 +228,8 @@ def main(argv=None) -> int:
             export_html(executed, run_dir / "html" / f"{name}.html")
     report_path = run_dir / "report.json"
     report = json.loads(report_path.read_text()) if report_path.exists() else {}
-    summary = summarize(report, wall, memory.peak_mb, {k: v for k, v in overrides.items() if v})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    summary = summarize(report, wall, memory.peak_mb, given)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     latest = args.runs_dir / "latest"
     if latest.is_symlink() or latest.exists():

@@ -20,24 +20,31 @@ from workbook import lakehouse, names, services, simulator
 from workbook.config import get_settings
 
 
-def publish(spark: SparkSession, config: simulator.SimulationConfig) -> dict[str, int]:
+def publish(
+    spark: SparkSession, config: simulator.SimulationConfig, progress: bool = True
+) -> dict[str, int]:
     """Send each simulated day's events to the profile's source; a day sent before is skipped.
 
     Returns how many days, valid events and malformed events the simulation holds.
     """
     if get_settings().profile == "stack":
-        return _send_days(config, _kafka_sender(spark))
-    return land_files(config, lakehouse.location(names.LANDING_ZONE))
+        return _send_days(config, _kafka_sender(spark), progress)
+    return land_files(config, lakehouse.location(names.LANDING_ZONE), progress)
 
 
-def land_files(config: simulator.SimulationConfig, landing: str | Path) -> dict[str, int]:
+def land_files(
+    config: simulator.SimulationConfig, landing: str | Path, progress: bool = True
+) -> dict[str, int]:
     """Land each day as a JSON-lines file in the folder ``landing``."""
-    return _send_days(config, partial(_land_file, Path(landing)))
+    return _send_days(config, partial(_land_file, Path(landing)), progress)
 
 
-def _send_days(config: simulator.SimulationConfig, send) -> dict[str, int]:
+def _send_days(config: simulator.SimulationConfig, send, show: bool) -> dict[str, int]:
     totals = {"days": 0, "valid_events": 0, "malformed_events": 0}
-    with tqdm(total=config.days, desc="days published", unit="day", mininterval=1) as progress:
+    bar = tqdm(
+        total=config.days, desc="days published", unit="day", mininterval=1, disable=not show
+    )
+    with bar as progress:
         for day, lines, n_valid, kinds in simulator.event_lines(config):
             send(day, lines)
             totals["days"] += 1

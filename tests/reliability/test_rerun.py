@@ -19,6 +19,8 @@ pytestmark = pytest.mark.spark
 # The size of the quick benchmark: notebook 03 checks that the model beats the amount
 # rule, which needs enough fraud in both its training and its test days.
 RUN = ["-m", "workbook.run", "--rows", "50000", "--days", "14"]
+# A short loop in 06, long enough for late labels, quality and a decision.
+RUN += ["--loop-days", "3", "--drift-from-day", "1", "--label-delay", "1"]
 # Set by each run to the time it ran; everything else must be equal.
 VOLATILE = {"inference_timestamp"}
 

@@ -1,4 +1,8 @@
-"""The workbook run at a small size, shared by the smoke tests (and then run day by day)."""
+"""The workbook run at a small size, shared by the smoke tests: 01 to 05, then a short loop.
+
+06 runs three days, with labels one day late and the drift from its first day, so that
+each stage of the daily step (late labels, quality, a decision) happens within them.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from pathlib import Path
 import pytest
 
 ROWS, DAYS, SEED = 50_000, 14, 42
+LOOP_DAYS, DRIFT_FROM_DAY, LABEL_DELAY = 3, 1, 1
 
 
 @dataclass(frozen=True)
@@ -29,12 +34,13 @@ class WorkbookRun:
 
 @pytest.fixture(scope="session")
 def workbook_run(tmp_path_factory) -> WorkbookRun:
-    """Notebooks 01 to 05, headless, as ``make run`` runs them, on a lakehouse of their own."""
+    """The notebooks, headless, as ``make run`` runs them, on a lakehouse of their own."""
     lakehouse = tmp_path_factory.mktemp("smoke-lakehouse")
     runs = tmp_path_factory.mktemp("smoke-runs")
     done = WorkbookRun(lakehouse, {})
     command = [sys.executable, "-m", "workbook.run", "--rows", str(ROWS), "--days", str(DAYS)]
-    command += ["--seed", str(SEED), "--runs-dir", str(runs)]
+    command += ["--seed", str(SEED), "--runs-dir", str(runs), "--loop-days", str(LOOP_DAYS)]
+    command += ["--drift-from-day", str(DRIFT_FROM_DAY), "--label-delay", str(LABEL_DELAY)]
     result = subprocess.run(
         command, env=done.environment(), capture_output=True, text=True, timeout=1200
     )

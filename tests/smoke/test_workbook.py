@@ -13,7 +13,7 @@ import pytest
 
 from workbook.run import NOTEBOOKS
 
-from .conftest import DAYS, ROWS, SEED
+from .conftest import DAYS, DRIFT_FROM_DAY, LABEL_DELAY, LOOP_DAYS, ROWS, SEED
 
 pytestmark = pytest.mark.spark
 
@@ -46,4 +46,11 @@ def test_every_notebook_ran_and_was_timed(summary):
     assert set(summary["wall_seconds"]) == {*NOTEBOOKS, "total"}
     assert all(seconds > 0 for seconds in summary["wall_seconds"].values())
     assert summary["peak_rss_mb"] > 0
-    assert summary["parameters"] == {"n_transactions": ROWS, "days": DAYS, "seed": SEED}
+    assert summary["parameters"] == {
+        "n_transactions": ROWS,
+        "days": DAYS,
+        "seed": SEED,
+        "loop_days": LOOP_DAYS,
+        "drift_from_day": DRIFT_FROM_DAY,
+        "label_delay_days": LABEL_DELAY,
+    }

@@ -7,6 +7,7 @@ import datetime as dt
 import numpy as np
 import pandas as pd
 import pytest
+from pyspark.sql import functions as F
 
 from workbook import lakehouse, metrics, monitoring, names
 
@@ -116,9 +117,22 @@ def test_monitoring_a_day_again_replaces_its_rows(spark, samples):
     assert monitoring.record(spark, results, "1") == {"inserted": 2, "updated": 0}
     assert monitoring.record(spark, results, "1") == {"inserted": 0, "updated": 0}
     assert monitoring.record(spark, results, "2")["inserted"] == 2  # another version's view
+    path = lakehouse.location(names.MONITORING_TABLE)
+    unchanged = lakehouse.table_version(spark, path)
+    assert monitoring.record(spark, results, "1") == {"inserted": 0, "updated": 0}
+    assert lakehouse.table_version(spark, path) == unchanged, "nothing to write: no commit"
+    # A value measured again differently (a fixed bug, say) replaces the stored one.
+    doubled = results.withColumn(names.METRIC_VALUE, F.col(names.METRIC_VALUE) * 2)
+    assert monitoring.record(spark, doubled, "1") == {"inserted": 0, "updated": 2}
     table = lakehouse.read_table(spark, names.MONITORING_TABLE).toPandas()
     assert len(table) == 4
     assert not table.duplicated(list(monitoring.KEYS)).any()
+    by_version = table.pivot(
+        index=[names.MONITORED_DAY, names.METRIC],
+        columns=names.MODEL_VERSION,
+        values=names.METRIC_VALUE,
+    )
+    assert (by_version["1"] == 2 * by_version["2"]).all()
 
 
 def test_a_reference_is_kept_as_json(spark, samples):
