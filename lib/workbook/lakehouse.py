@@ -167,20 +167,17 @@ def upsert_few(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
 
     from workbook.spark import local_frame
 
+    def key(row) -> tuple:
+        return tuple(row[k] for k in keys)
+
     wanted = rows.collect()
-    first = {row[keys[0]] for row in wanted}
     table = spark.read.format("delta").load(path)
     stored = {
-        tuple(row[k] for k in keys): row.asDict()
-        for row in table.filter(F.col(keys[0]).isin(first)).collect()
+        key(row): row.asDict()
+        for row in table.filter(F.col(keys[0]).isin({row[keys[0]] for row in wanted})).collect()
     }
-    new = [row for row in wanted if tuple(row[k] for k in keys) not in stored]
-    changed = [
-        row
-        for row in wanted
-        if tuple(row[k] for k in keys) in stored
-        and stored[tuple(row[k] for k in keys)] != row.asDict()
-    ]
+    new = [row for row in wanted if key(row) not in stored]
+    changed = [row for row in wanted if key(row) in stored and stored[key(row)] != row.asDict()]
     if changed:
         upsert(spark, path, local_frame(spark, wanted, rows.schema), keys)
     elif new:

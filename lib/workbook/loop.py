@@ -180,9 +180,9 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
     if first > day:
         return []  # done before: a rerun of the day
     raw = lakehouse.read_table(spark, names.RAW_TABLE)
-    # Computed once (a few thousand rows a day), not again in each pass of the MERGE.
     # Every account seen before has a row on every later day: the last day's rows name them.
     known = table.filter(F.col(names.TRANSACTION_DATE) == F.lit(first - timedelta(days=1)))
+    # Computed once (a few thousand rows a day), not again in each pass of the MERGE.
     rows = features.for_days(raw, first, day, known).localCheckpoint()
     lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
     return [first + timedelta(days=k) for k in range((day - first).days + 1)]

@@ -1,0 +1,59 @@
+"""The daily step's decision: when a challenger is trained, and the reason given in words."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pytest
+
+from workbook import loop, registry
+
+pytestmark = pytest.mark.spark
+
+CHAMPION = registry.LoadedModel("1", "run", {"metrics": {"test": {"pr_auc": 0.6}}})
+SETTINGS = loop.LoopSettings()
+
+
+def decided(spark, drift=None, quality=None, day=date(2031, 3, 10)):
+    report = loop.DayReport(day, drift=drift or {}, quality=quality or {}, labels_of="2031-03-07")
+    return loop.decide(spark, CHAMPION, report, SETTINGS)
+
+
+def test_a_stable_day_keeps_the_champion(spark):
+    retrain, reason = decided(spark, {"psi:amount_log": 0.01, "psi:prediction_score": 0.02})
+    assert not retrain and reason == "keep version 1: no input over the PSI alert, quality held"
+
+
+def test_a_moderate_shift_is_named_but_trains_nothing(spark):
+    retrain, reason = decided(spark, {"psi:category": 0.15, "psi:amount_log": 0.3})
+    assert not retrain
+    assert "amount_log over the PSI alert" in reason and "moderate shift of category" in reason
+
+
+@pytest.mark.parametrize(
+    "drift",
+    [
+        {"psi:amount_log": 0.3, "psi:category": 0.4},  # two inputs
+        {"psi:prediction_score": 0.26},  # the score alone
+    ],
+)
+def test_significant_drift_trains_a_challenger(spark, drift):
+    retrain, reason = decided(spark, drift)
+    assert retrain and reason.startswith("train a challenger: significant drift (PSI > 0.25) of")
+    assert all(name.removeprefix("psi:") in reason for name in drift)
+
+
+def test_a_quality_drop_trains_a_challenger(spark):
+    retrain, reason = decided(spark, quality={"pr_auc": 0.44})  # floor: 0.6 * 0.75 = 0.45
+    assert retrain and "PR-AUC 0.440 on 2031-03-07 is below 0.450" in reason
+    assert not decided(spark, quality={"pr_auc": 0.46})[0]
+
+
+def test_at_most_one_challenger_in_a_few_days(spark):
+    trained = loop.DayReport(date(2031, 3, 8), retrain=True, challenger="2", champion="1")
+    trained.reason = "train a challenger: test"
+    loop.record_decision(spark, "1", trained)
+    retrain, reason = decided(spark, quality={"pr_auc": 0.1})
+    assert not retrain and "a challenger was trained on 2031-03-08" in reason
+    later = date(2031, 3, 8 + SETTINGS.retrain_every_days)
+    assert decided(spark, quality={"pr_auc": 0.1}, day=later)[0]
