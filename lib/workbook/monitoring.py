@@ -136,7 +136,7 @@ def drift(frame: DataFrame, ref: Reference) -> DataFrame:
         # day has, so a value the reference never saw counts as well.
         bins = {b for c, b in ref.shares if c == column} | set(observed)
         psi = 0.0
-        for b in bins:
+        for b in sorted(bins):  # one order, so the same counts give the same bits
             actual = max(observed.get(b, 0) / total, SHARE_FLOOR)
             wanted = max(ref.shares.get((column, b), 0.0), SHARE_FLOOR)
             psi += (actual - wanted) * math.log(actual / wanted)
