@@ -46,6 +46,8 @@ SCHEMA = StructType(
         StructField(names.METRIC_VALUE, DoubleType(), True),
     ]
 )
+# What drift and quality return, before a model version is attached: (day, metric, value).
+RESULT_SCHEMA = StructType([f for f in SCHEMA.fields if f.name != names.MODEL_VERSION])
 
 
 @dataclass(frozen=True)
@@ -141,8 +143,7 @@ def drift(frame: DataFrame, ref: Reference) -> DataFrame:
             wanted = max(ref.shares.get((column, b), 0.0), SHARE_FLOOR)
             psi += (actual - wanted) * math.log(actual / wanted)
         rows.append((day, PSI_PREFIX + column, psi))
-    schema = f"{names.MONITORED_DAY} date, {names.METRIC} string, {names.METRIC_VALUE} double"
-    return local_frame(frame.sparkSession, rows, schema)
+    return local_frame(frame.sparkSession, rows, RESULT_SCHEMA)
 
 
 def quality(scored: DataFrame, threshold: float) -> DataFrame:
@@ -161,8 +162,7 @@ def quality(scored: DataFrame, threshold: float) -> DataFrame:
             continue  # no fraud that day (or only fraud): PR-AUC and recall say nothing
         measured = metrics.evaluate(part[names.PREDICTION_SCORE], part[names.LABEL], threshold)
         rows += [(day, metric, float(measured[metric])) for metric in QUALITY_METRICS]
-    schema = f"{names.MONITORED_DAY} date, {names.METRIC} string, {names.METRIC_VALUE} double"
-    return local_frame(spark, rows, schema)
+    return local_frame(spark, rows, RESULT_SCHEMA)
 
 
 def record(spark: SparkSession, results: DataFrame, model_version: str) -> dict[str, int]:

@@ -167,16 +167,13 @@ def _drop_jars_from_python_path() -> None:
 
 
 def local_frame(spark, rows, schema):
-    """A DataFrame of a few rows the driver holds, passed to the JVM through Arrow.
+    """A DataFrame of a few rows the driver holds (``schema``: a StructType), through Arrow.
 
     A plain list would become a Python RDD: every job over it, and every MERGE reading it,
     would then start Python workers, about 1.5 s a job on two cores instead of 0.2 s.
     """
     import pandas as pd
-    from pyspark.sql.types import StructType, _parse_datatype_string
 
-    if not isinstance(schema, StructType):
-        schema = _parse_datatype_string(schema)
     return spark.createDataFrame(pd.DataFrame(list(rows), columns=schema.fieldNames()), schema)
 
 
