@@ -56,12 +56,14 @@ spawn() {
 
 # Poll CHECK (a command) until it succeeds. Fails early when the service's process
 # (pid file .stack/run/PIDNAME.pid) is gone, and at the timeout; either way it names the
-# service and its log.
+# service and its log. Only liveness is asked here, not running_pid's cmdline check: just
+# after spawn the child may not have exec'd yet, and its cmdline is still this shell's.
 wait_for() {
   local name="$1" pidname="$2" logfile="$3"; shift 3
-  local deadline=$((SECONDS + TIMEOUT))
+  local deadline=$((SECONDS + TIMEOUT)) pid
+  pid="$(<"$RUN/$pidname.pid")"
   until "$@" >/dev/null 2>&1; do
-    running_pid "$pidname" >/dev/null || die "$name is not running; see $logfile:
+    kill -0 "$pid" 2>/dev/null || die "$name is not running; see $logfile:
 $(tail -n 15 "$logfile" 2>/dev/null)"
     ((SECONDS < deadline)) || die "$name is not ready after ${TIMEOUT}s; see $logfile:
 $(tail -n 15 "$logfile" 2>/dev/null)"
