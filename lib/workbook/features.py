@@ -39,10 +39,10 @@ def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
     return frame.filter(day.between(F.lit(config.day(config.first_day)), F.lit(config.end_date)))
 
 
-def daily_account_features(raw: DataFrame) -> DataFrame:
-    """One row per account and day with the daily and rolling features."""
+def _daily(raw: DataFrame) -> DataFrame:
+    """One row per account and day with a transaction: the daily features."""
     tx = raw.withColumn(names.TRANSACTION_DATE, F.to_date(names.TIMESTAMP))
-    daily = tx.groupBy(*names.FEATURE_KEYS).agg(
+    return tx.groupBy(*names.FEATURE_KEYS).agg(
         F.count(names.TRANSACTION_ID).alias(names.DAILY_TRANSACTION_COUNT),
         F.round(F.sum(names.AMOUNT), 2).alias(names.DAILY_TOTAL_AMOUNT),
         F.round(F.avg(names.AMOUNT), 4).alias(names.DAILY_AVERAGE_AMOUNT),
@@ -52,7 +52,12 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
         F.size(F.collect_set(names.MERCHANT_ID)).alias(names.DAILY_DISTINCT_MERCHANTS),
         F.count(F.when(_is_night(), 1)).alias(names.DAILY_NIGHT_COUNT),
     )
-    last_day = tx.agg(F.max(names.TRANSACTION_DATE).alias("_last"))
+
+
+def daily_account_features(raw: DataFrame) -> DataFrame:
+    """One row per account and day with the daily and rolling features."""
+    daily = _daily(raw)
+    last_day = daily.agg(F.max(names.TRANSACTION_DATE).alias("_last"))
     calendar = (
         daily.groupBy(names.ACCOUNT_ID)
         .agg(F.min(names.TRANSACTION_DATE).alias("_first"))
@@ -105,45 +110,79 @@ def for_days(raw: DataFrame, first: date, last: date, known_accounts: DataFrame)
     """The rows of days ``first`` to ``last`` alone, as ``daily_account_features`` gives them.
 
     They are computed from the raw rows of those days and the ``LOOKBACK_DAYS - 1`` days
-    before, so the cost follows the new days, not the history. Accounts seen before (in
-    ``known_accounts``, an ``account_id`` column) get a row for every day, as in the whole
-    table, also on days whose window holds none of their transactions.
+    before, so the cost follows the new days, not the history. Each rolling feature is an
+    aggregate of the daily rows in its day's window (one grouping, no window functions over
+    a calendar of every account and day). Accounts seen before (in ``known_accounts``, an
+    ``account_id`` column) get a row for every day, as in the whole table, also on days
+    whose window holds none of their transactions.
     """
     start = first - timedelta(days=LOOKBACK_DAYS - 1)
+    day, target = F.col(names.TRANSACTION_DATE), F.col("_day")
     window = raw.filter(F.to_date(names.TIMESTAMP).between(F.lit(start), F.lit(last)))
-    rows = daily_account_features(window).filter(
-        F.col(names.TRANSACTION_DATE).between(F.lit(first), F.lit(last))
+    daily = _daily(window).localCheckpoint()  # read three times below: computed once
+    # The days to compute: from ``first`` to the newest day with data, as the whole table.
+    targets = (
+        daily.filter(day >= F.lit(first))
+        .agg(F.max(day).alias("_last"))
+        .select(F.explode(F.sequence(F.lit(first), "_last")).alias("_day"))
     )
-    days = window.select(F.to_date(names.TIMESTAMP).alias(names.TRANSACTION_DATE)).filter(
-        F.col(names.TRANSACTION_DATE) >= F.lit(first)
+    in_window = day.between(F.date_sub(target, LOOKBACK_DAYS - 1), target)
+    windows = daily.join(F.broadcast(targets), in_window)
+
+    def over(n: int, column: str):
+        return F.when(day > F.date_sub(target, n), F.col(column))
+
+    def on_the_day(column: str):
+        return F.max(F.when(day == target, F.col(column)))
+
+    count_7d = F.sum(over(7, names.DAILY_TRANSACTION_COUNT))
+    count_30d = F.sum(names.DAILY_TRANSACTION_COUNT)
+    aggregated = windows.groupBy(names.ACCOUNT_ID, "_day").agg(
+        *[on_the_day(c).alias(c) for c in names.DAILY_FEATURES],
+        count_7d.alias(names.TXN_COUNT_7D),
+        F.round(F.sum(over(7, names.DAILY_TOTAL_AMOUNT)), 2).alias(names.AMOUNT_SUM_7D),
+        F.max(over(7, names.DAILY_MAX_AMOUNT)).alias(names.AMOUNT_MAX_7D),
+        F.round(F.try_divide(F.sum(over(7, names.DAILY_NIGHT_COUNT)), count_7d), 4).alias(
+            names.NIGHT_SHARE_7D
+        ),
+        count_30d.alias(names.TXN_COUNT_30D),
+        F.round(F.try_divide(F.sum(names.DAILY_TOTAL_AMOUNT), count_30d), 4).alias(
+            names.AMOUNT_AVG_30D
+        ),
     )
-    calendar = days.agg(F.max(names.TRANSACTION_DATE).alias("_last")).select(
-        F.explode(F.sequence(F.lit(first), "_last")).alias(names.TRANSACTION_DATE)
+    # Every account has a row from its first day on: known accounts on every day, the
+    # window's new accounts from their first transaction.
+    since = (
+        known_accounts.select(names.ACCOUNT_ID, F.lit(start).alias("_since"))
+        .unionByName(daily.select(names.ACCOUNT_ID, day.alias("_since")))
+        .groupBy(names.ACCOUNT_ID)
+        .agg(F.min("_since").alias("_since"))
     )
-    # Known accounts' days before their first transaction in the window, or without one.
-    idle = (
-        known_accounts.select(names.ACCOUNT_ID)
-        .distinct()
-        .crossJoin(calendar)
-        .join(rows, list(names.FEATURE_KEYS), "left_anti")
+    rows = (
+        since.join(F.broadcast(targets), target >= F.col("_since"))
+        .join(aggregated, [names.ACCOUNT_ID, "_day"], "left")
+        .withColumnRenamed("_day", names.TRANSACTION_DATE)
     )
-    # What the whole table holds for a day without activity in its window.
+    # What the whole table holds for a day without activity: counts and sums are zero; the
+    # day's average and maximum, and the 30-day average of an empty window, stay null.
     nothing = {c: 0 for c in names.COUNT_FEATURES} | {
         names.DAILY_TOTAL_AMOUNT: 0.0,
         names.AMOUNT_SUM_7D: 0.0,
         names.AMOUNT_MAX_7D: 0.0,
         names.NIGHT_SHARE_7D: 0.0,
     }
-    idle_rows = idle.select(
-        *names.FEATURE_KEYS,
-        *[
-            (F.lit(nothing[f.name]) if f.name in nothing else F.lit(None))
+    return rows.select(
+        [
+            (
+                F.coalesce(F.col(f.name), F.lit(nothing[f.name]))
+                if f.name in nothing
+                else F.col(f.name)
+            )
             .cast(f.dataType)
             .alias(f.name)
-            for f in FEATURES_SCHEMA.fields[len(names.FEATURE_KEYS) :]
-        ],
+            for f in FEATURES_SCHEMA
+        ]
     )
-    return rows.unionByName(idle_rows)
 
 
 def as_of_date(ts: str = names.TIMESTAMP):

@@ -2,7 +2,8 @@
 
 Notebooks 01 to 05 build the platform once; ``run_day`` then runs it for one new day:
 
-1. land the day's events and ingest them (01's ingestion);
+1. land the day's events and ingest them (01's ingestion): the simulated day, or any
+   lines given instead (a day of bad events, a day without any);
 2. compute the feature rows of the days the raw table has and the feature table lacks,
    from their 30-day window alone, and merge them in (the cost follows the new days);
 3. refresh the online store from the newest rows;
@@ -15,6 +16,11 @@ Notebooks 01 to 05 build the platform once; ``run_day`` then runs it for one new
    on the latest labelled days, which neither trained on; the alias moves only for a gain
    of at least ``margin`` in PR-AUC.
 
+A day without valid events changes no feature row, online row or alias; labels that never
+arrive leave their day's quality unmeasured; a challenger that does not beat the champion
+by the margin is registered and kept as the challenger, the alias stays. Each says so in
+its decision.
+
 Every step can run again for the same day and changes nothing the second time: landing
 skips a landed day, ingestion and scoring keep checkpoints, features, labels, monitoring
 and decisions are merged on their keys, and a challenger is found again by its fingerprint.
@@ -23,10 +29,12 @@ and decisions are merged on their keys, and a challenger is found again by its f
 from __future__ import annotations
 
 import json
+import logging
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
+from functools import reduce
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -49,6 +57,7 @@ from workbook import (
 from workbook.simulator import DriftScenario, SimulationConfig
 from workbook.spark import local_frame
 
+log = logging.getLogger("workbook.loop")
 MONITORED_INPUTS = (*names.NUMERIC_INPUTS, names.PREDICTION_SCORE)
 DECISION_SCHEMA = StructType(
     [
@@ -73,6 +82,7 @@ class LoopSettings:
     drifting_inputs: int = 2  # this many inputs (or the score) over psi_alert call for training
     quality_drop: float = 0.25  # PR-AUC below the champion's test PR-AUC by this share, too
     retrain_every_days: int = 3  # at most one challenger in this many days: new labels first
+    lost_labels: tuple[date, ...] = ()  # days whose labels never arrive (a fault to rehearse)
     reg_param: float = 0.001
     max_iter: int = 100
 
@@ -85,7 +95,8 @@ class DayReport:
     online: dict = field(default_factory=dict)
     predictions: int = 0
     scored_by: str = ""  # the version that scored the day: the champion of its morning
-    labels_of: str | None = None
+    labels_of: str | None = None  # the day whose labels arrived
+    labels_lost: str | None = None  # the day whose labels were due and never came
     drift: dict[str, float] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     retrain: bool = False
@@ -104,7 +115,16 @@ def world(spark: SparkSession, settings: LoopSettings) -> SimulationConfig:
 
 
 def next_day(spark: SparkSession) -> date:
-    """The day after the last one the raw table holds."""
+    """The first day the loop has not decided: so a step cut short is run again, whole.
+
+    Before the loop's first day, the day after the last one the raw table holds.
+    """
+    path = lakehouse.location(names.DECISIONS_TABLE)
+    if lakehouse.is_delta_table(spark, path):
+        decided = spark.read.format("delta").load(path).agg(F.max(names.MONITORED_DAY))
+        last = decided.first()[0]
+        if last is not None:
+            return last + timedelta(days=1)
     raw = lakehouse.read_table(spark, names.RAW_TABLE)
     return raw.agg(F.max(F.to_date(names.TIMESTAMP))).first()[0] + timedelta(days=1)
 
@@ -122,13 +142,26 @@ def loop_days(spark: SparkSession, count: int) -> list[date]:
     return [first + timedelta(days=k) for k in range(count)]
 
 
-def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None) -> DayReport:
-    """One day of the platform (see the module's docstring)."""
+def run_day(
+    spark: SparkSession,
+    day: date,
+    settings: LoopSettings | None = None,
+    events: list[str] | None = None,
+) -> DayReport:
+    """One day of the platform (see the module's docstring).
+
+    ``events``, when given, are the day's event lines instead of the simulated ones.
+    """
     settings = settings or LoopSettings()
     config = world(spark, settings)
     report = DayReport(day)
     with _timed(report, "ingest"):
-        report.events = sources.publish(spark, config.one_day(config.index_of(day)), progress=False)
+        if events is None:
+            one_day = config.one_day(config.index_of(day))
+            report.events = sources.publish(spark, one_day, progress=False)
+        else:
+            sources.send_day(spark, day, events)
+            report.events = {"days": 1, "lines": len(events)}
         ingest.ingest_events(spark)
     with _timed(report, "features"):
         report.feature_days = [str(d) for d in update_features(spark, day)]
@@ -143,22 +176,27 @@ def run_day(spark: SparkSession, day: date, settings: LoopSettings | None = None
         report.predictions = score(spark, model, champion, day)
         report.scored_by = champion.version
     with _timed(report, "monitoring"):
-        labelled = receive_labels(spark, config, day - timedelta(days=settings.label_delay_days))
+        due = day - timedelta(days=settings.label_delay_days)
+        if due in settings.lost_labels:
+            labelled, report.labels_lost = None, str(due)
+        else:
+            labelled = receive_labels(spark, config, due)
         report.labels_of = str(labelled) if labelled else None
-        report.drift = monitor_drift(spark, model, champion, day)
-        report.quality = monitor_quality(spark, labelled) if labelled else {}
+        report.drift, report.quality = monitor(spark, model, champion, day, labelled)
     if decided is not None:
         report.retrain, report.challenger = decided["retrain"], decided["challenger"]
         report.champion, report.reason = decided["champion_after"], decided["reason"]
+        log.info("%s: %s (decided before)", day, report.reason)
         return report
     with _timed(report, "decision"):
         report.retrain, report.reason = decide(spark, champion, report, settings)
         report.champion = champion.version
         if report.retrain:
-            version, outcome = retrain(spark, config, day, settings)
-            report.challenger, report.champion = str(version), outcome.champion
+            version, outcome = retrain(spark, config, day, settings, champion.version)
+            report.challenger, report.champion = version, outcome.champion
             report.reason += f"; {outcome.reason}"
         record_decision(spark, champion.version, report)
+    log.info("%s: %s", day, report.reason)
     return report
 
 
@@ -184,8 +222,11 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
     known = table.filter(F.col(names.TRANSACTION_DATE) == F.lit(first - timedelta(days=1)))
     # Computed once (a few thousand rows a day), not again in each pass of the MERGE.
     rows = features.for_days(raw, first, day, known).localCheckpoint()
-    lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
-    return [first + timedelta(days=k) for k in range((day - first).days + 1)]
+    # None when no valid transaction has come since: the table still ends where the data does.
+    days = sorted(r[0] for r in rows.select(names.TRANSACTION_DATE).distinct().collect())
+    if days:
+        lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+    return days
 
 
 def refresh_online(spark: SparkSession, day: date) -> dict[str, int]:
@@ -276,27 +317,38 @@ def reference(spark: SparkSession, model, champion: registry.LoadedModel) -> mon
     return found
 
 
-def monitor_drift(spark, model, champion: registry.LoadedModel, day: date) -> dict[str, float]:
-    """PSI of each input and of the score on ``day``, recorded for the champion's version."""
-    results = monitoring.drift(monitored_rows(spark, day), reference(spark, model, champion))
-    monitoring.record(spark, results, champion.version)
-    return {r[names.METRIC]: round(r[names.METRIC_VALUE], 4) for r in results.collect()}
+def monitor(spark, model, champion: registry.LoadedModel, day: date, labelled: date | None):
+    """Drift of ``day`` for the champion; quality of the ``labelled`` day for each version that
+    scored it. Both are recorded in one write; returned as {metric: value} for the report.
+    """
+    drift = monitoring.drift(monitored_rows(spark, day), reference(spark, model, champion))
+    measured = [monitoring.of_version(drift, champion.version)]
+    if labelled is not None:
+        measured += measure_quality(spark, labelled)
+    monitoring.record_rows(spark, reduce(DataFrame.unionByName, measured))
+    return _values(drift), _values(*measured[1:])
 
 
-def monitor_quality(spark: SparkSession, day: date) -> dict[str, float]:
+def measure_quality(spark: SparkSession, day: date) -> list[DataFrame]:
     """Precision, recall and PR-AUC of the newly labelled ``day``, per version that scored it."""
     labels = lakehouse.read_table(spark, names.LABELS_TABLE)
     scored = monitored_rows(spark, day).join(labels, names.TRANSACTION_ID).cache()
-    found = {}
+    found = []
     for (version,) in scored.select(names.MODEL_VERSION).distinct().collect():
         threshold = registry.version_metadata(version)["threshold"]
         results = monitoring.quality(
             scored.filter(F.col(names.MODEL_VERSION) == version), threshold
         )
-        monitoring.record(spark, results, version)
-        found |= {r[names.METRIC]: round(r[names.METRIC_VALUE], 4) for r in results.collect()}
+        found.append(monitoring.of_version(results, version))
     scored.unpersist()
     return found
+
+
+def _values(*results: DataFrame) -> dict[str, float]:
+    """Monitoring results as {metric: value}, rounded for the report."""
+    return {
+        r[names.METRIC]: round(r[names.METRIC_VALUE], 4) for rows in results for r in rows.collect()
+    }
 
 
 def quality_of(spark: SparkSession, version: str, days: list[date]):
@@ -324,6 +376,17 @@ def quality_of(spark: SparkSession, version: str, days: list[date]):
 
 def decide(spark, champion, report: DayReport, settings: LoopSettings) -> tuple[bool, str]:
     """Train a challenger, or not, and why, in words."""
+    missing = (
+        f"; the labels of {report.labels_lost} have not arrived: its quality is unknown"
+        if report.labels_lost
+        else ""
+    )
+    if report.predictions == 0:
+        return False, (
+            f"keep version {champion.version}: no valid transaction arrived for {report.day}, "
+            "nothing to monitor (refused events are in the quarantine table, each with its "
+            f"reason){missing}"
+        )
     drifting = sorted(
         m.removeprefix(monitoring.PSI_PREFIX)
         for m, v in report.drift.items()
@@ -347,17 +410,16 @@ def decide(spark, champion, report: DayReport, settings: LoopSettings) -> tuple[
             if monitoring.PSI_STABLE <= v <= settings.psi_alert
         )
         watch = f", a moderate shift of {', '.join(moderate)} to watch" if moderate else ""
-        return False, (
-            f"keep version {champion.version}: {shown} over the PSI alert{watch}, quality held"
-        )
+        held = missing or ", quality held"
+        return False, f"keep version {champion.version}: {shown} over the PSI alert{watch}{held}"
     last = _last_retrain(spark, report.day)
     if last is not None and (report.day - last).days < settings.retrain_every_days:
         return False, (
             f"keep version {champion.version} for now: {'; '.join(reasons)}; a challenger "
             f"was trained on {last}, and fewer than {settings.retrain_every_days} new days "
-            "of labels have arrived since"
+            f"of labels have arrived since{missing}"
         )
-    return True, f"train a challenger: {'; '.join(reasons)}"
+    return True, f"train a challenger: {'; '.join(reasons)}{missing}"
 
 
 def _last_retrain(spark: SparkSession, before: date) -> date | None:
@@ -375,8 +437,12 @@ def _last_retrain(spark: SparkSession, before: date) -> date | None:
 # -- 8. retraining and promotion -------------------------------------------------------------
 
 
-def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings):
-    """Train on recent labelled days, register, and let the challenger meet the champion."""
+def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings, champion: str):
+    """Train on recent labelled days, register, and let the challenger meet the champion.
+
+    ``(challenger version, promotion.Decision)``; no challenger when the labelled days hold
+    no fraud to learn from, or none to compare on (labels that never came, days without data).
+    """
     labelled_until = day - timedelta(days=settings.label_delay_days)
     test_from = labelled_until - timedelta(days=settings.holdout_days - 1)
     train_from = test_from - timedelta(days=settings.train_days)
@@ -385,6 +451,19 @@ def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings):
     window = F.col(names.TRANSACTION_DATE).between(F.lit(train_from), F.lit(labelled_until))
     data = train.training_set(raw, table, labels).filter(window).cache()
     train_df, holdout = train.time_split(data, test_from)
+    frauds = dict(
+        data.groupBy(F.col(names.TRANSACTION_DATE) >= F.lit(test_from))
+        .agg(F.sum(names.LABEL))
+        .collect()
+    )
+    if not (frauds.get(False) and frauds.get(True)):
+        data.unpersist()
+        lacking = f"to compare on from {test_from}" if frauds.get(False) else "to learn from"
+        reason = (
+            f"none could be trained: the labelled days {train_from} to {labelled_until} "
+            f"hold no fraud {lacking}"
+        )
+        return None, promotion.Decision(False, champion, reason)
     pipeline = train.build_pipeline(reg_param=settings.reg_param, max_iter=settings.max_iter)
     model = pipeline.fit(train.with_class_weights(train_df))
     evaluation = train.evaluate(
@@ -407,7 +486,7 @@ def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings):
         spark, version, evaluation.model["pr_auc"], holdout, margin=settings.margin
     )
     data.unpersist()
-    return version.version, outcome
+    return str(version.version), outcome
 
 
 def recorded_decision(spark: SparkSession, day: date):
@@ -441,7 +520,9 @@ def main(argv=None) -> int:
     from workbook.spark import get_spark
 
     parser = argparse.ArgumentParser(description="Run the platform for some days (notebook 06).")
-    parser.add_argument("--days", type=int, default=1, help="days to run, after the last one")
+    parser.add_argument(
+        "--days", type=int, default=1, help="days to run, from the first day not yet decided"
+    )
     parser.add_argument("--label-delay", type=int, default=LoopSettings.label_delay_days)
     parser.add_argument("--drift-from", type=date.fromisoformat, help="the drift's first day")
     args = parser.parse_args(argv)

@@ -165,16 +165,25 @@ def quality(scored: DataFrame, threshold: float) -> DataFrame:
     return local_frame(spark, rows, RESULT_SCHEMA)
 
 
-def record(spark: SparkSession, results: DataFrame, model_version: str) -> dict[str, int]:
-    """Merge ``results`` (day, metric, value) for ``model_version`` into the monitoring table."""
-    path = lakehouse.location(names.MONITORING_TABLE)
-    lakehouse.ensure_table(spark, path, SCHEMA)
-    rows = results.select(
+def of_version(results: DataFrame, model_version: str) -> DataFrame:
+    """``results`` (day, metric, value) as the monitoring table's rows for ``model_version``."""
+    return results.select(
         F.col(names.MONITORED_DAY).cast("date"),
         F.lit(str(model_version)).alias(names.MODEL_VERSION),
         names.METRIC,
         F.col(names.METRIC_VALUE).cast("double"),
     )
+
+
+def record(spark: SparkSession, results: DataFrame, model_version: str) -> dict[str, int]:
+    """Merge ``results`` (day, metric, value) for ``model_version`` into the monitoring table."""
+    return record_rows(spark, of_version(results, model_version))
+
+
+def record_rows(spark: SparkSession, rows: DataFrame) -> dict[str, int]:
+    """Merge rows of the monitoring table's schema (several versions at once) into it."""
+    path = lakehouse.location(names.MONITORING_TABLE)
+    lakehouse.ensure_table(spark, path, SCHEMA)
     return lakehouse.upsert_few(spark, path, rows, list(KEYS))
 
 

@@ -500,6 +500,11 @@ class LoadedModel:
     metadata: dict
 
 
+# Loaded pipelines, by Spark application, version and run: a version's artifacts never
+# change, and the daily step asks for the champion every day.
+_spark_models: dict[tuple[str, str, str], tuple] = {}
+
+
 def load_spark_model(spark, alias: str = names.CHAMPION, version=None):
     """``(PipelineModel, LoadedModel)`` of the version that carries ``alias`` (or ``version``)."""
     mlflow = _mlflow()
@@ -508,10 +513,14 @@ def load_spark_model(spark, alias: str = names.CHAMPION, version=None):
         version = alias_version(alias)
     else:
         version = mlflow_client.get_model_version(MODEL_NAME, str(version))
-    model = mlflow.spark.load_model(
-        f"models:/{MODEL_NAME}/{version.version}", dfs_tmpdir=_dfs_tmpdir()
-    )
-    return model, LoadedModel(str(version.version), version.run_id, run_metadata(version.run_id))
+    key = (spark.sparkContext.applicationId, str(version.version), version.run_id)
+    if key not in _spark_models:
+        model = mlflow.spark.load_model(
+            f"models:/{MODEL_NAME}/{version.version}", dfs_tmpdir=_dfs_tmpdir()
+        )
+        loaded = LoadedModel(str(version.version), version.run_id, run_metadata(version.run_id))
+        _spark_models[key] = (model, loaded)
+    return _spark_models[key]
 
 
 def load_scoring_model(alias: str = names.CHAMPION) -> scoring.ScoringModel:

@@ -27,9 +27,19 @@ def publish(
 
     Returns how many days, valid events and malformed events the simulation holds.
     """
+    return _send_days(config, _sender(spark), progress)
+
+
+def send_day(spark: SparkSession, day: date, lines: list[str]) -> None:
+    """Send ``lines`` as the events of ``day`` (any text: ingestion judges them), not simulated."""
+    _sender(spark)(day, lines)
+
+
+def _sender(spark: SparkSession):
+    """``send(day, lines)`` for the profile's source."""
     if get_settings().profile == "stack":
-        return _send_days(config, _kafka_sender(spark), progress)
-    return land_files(config, lakehouse.location(names.LANDING_ZONE), progress)
+        return _kafka_sender(spark)
+    return partial(_land_file, Path(lakehouse.location(names.LANDING_ZONE)))
 
 
 def land_files(
@@ -65,7 +75,7 @@ def _land_file(landing: Path, day: date, lines: list[str]) -> None:
     """Write one day as a JSON-lines file, atomically; rewriting the same day is a no-op."""
     path = landing / f"transactions-{day.isoformat()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
-    body = "\n".join(lines) + "\n"
+    body = "".join(f"{line}\n" for line in lines)  # a day without events is an empty file
     if not path.exists() or path.read_text() != body:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(body)

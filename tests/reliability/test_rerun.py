@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from processes import read_tables
+from processes import Worker, read_tables, run_worker, wait_until
+from pyspark.sql import functions as F
 
-from workbook import store
+from workbook import names, simulator, store
 from workbook.run import NOTEBOOKS
 
 pytestmark = pytest.mark.spark
@@ -20,7 +24,8 @@ pytestmark = pytest.mark.spark
 # rule, which needs enough fraud in both its training and its test days.
 RUN = ["-m", "workbook.run", "--rows", "50000", "--days", "14"]
 # A short loop in 06, long enough for late labels, quality and a decision.
-RUN += ["--loop-days", "3", "--drift-from-day", "1", "--label-delay", "1"]
+LABEL_DELAY = 1
+RUN += ["--loop-days", "3", "--drift-from-day", "1", "--label-delay", str(LABEL_DELAY)]
 # Set by each run to the time it ran; everything else must be equal.
 VOLATILE = {"inference_timestamp"}
 
@@ -85,3 +90,70 @@ def test_rerunning_the_workbook_changes_no_table(spark, first_run, tally, monkey
 def test_rerunning_one_notebook_changes_no_table(spark, first_run, tally, monkeypatch, notebook):
     """Each notebook run again on its own, after the whole workbook."""
     rerun_changes_nothing(spark, first_run, tally, monkeypatch, notebook)
+
+
+def test_a_daily_step_killed_midway_then_run_again_loses_nothing(spark, first_run, tally, tmp_path):
+    """One more day of 06, SIGKILLed (Python and JVM, as when a kernel dies) once the day is
+    ingested, then the step again: the day ends decided once, each transaction once in raw
+    and in the predictions, and every raw (account, day) with its feature row. Last in
+    this module: it adds a day to the lakehouse the reruns above compare.
+    """
+    lakehouse, _ = first_run
+    env = {"WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
+    paths = {
+        location.name: str(lakehouse / location.bucket / location.name)
+        for location in (
+            names.RAW_TABLE,
+            names.PREDICTIONS_TABLE,
+            names.FEATURES_TABLE,
+            names.DECISIONS_TABLE,
+        )
+    }
+    raw_log = Path(paths[names.RAW_TABLE.name]) / "_delta_log"
+
+    def commits() -> int:
+        return len(list(raw_log.glob("*.json")))
+
+    task, log = {"job": "loop", "label_delay": LABEL_DELAY}, tmp_path / "loop.log"
+    with tally.fault("daily step (06): kill Python and JVM mid-step, run again") as outcome:
+        ingested = commits()
+        worker = Worker(task, log, env)
+        try:
+            wait_until(
+                lambda: worker.process.poll() is not None or commits() > ingested,
+                600,
+                "the day's ingestion",
+            )
+            assert worker.process.poll() is None, "the step ended before it could be killed"
+            time.sleep(3)  # into the features, the online store or scoring
+            worker.kill(jvm_too=True)
+        finally:
+            if worker.process.poll() is None:
+                worker.process.kill()
+        run_worker(task, log, env, timeout=900)
+
+        manifest = lakehouse / names.SIMULATION_MANIFEST.bucket / names.SIMULATION_MANIFEST.name
+        # The world the worker's step simulated: the period's, without a drift scenario.
+        config = replace(simulator.SimulationConfig.from_json(manifest.read_text()), drift=None)
+        tables = {name: spark.read.format("delta").load(path) for name, path in paths.items()}
+        decided = tables[names.DECISIONS_TABLE.name].agg(F.max(names.MONITORED_DAY)).first()[0]
+        valid, _ = simulator.simulate(config.one_day(config.index_of(decided)))
+        want = list(valid[names.TRANSACTION_ID])
+
+        def ids_of_day(name: str) -> list[str]:
+            day = tables[name].filter(F.to_date(names.TIMESTAMP) == F.lit(decided))
+            return [r[0] for r in day.select(names.TRANSACTION_ID).collect()]
+
+        outcome.compare(want, ids_of_day(names.RAW_TABLE.name))
+        outcome.compare(want, ids_of_day(names.PREDICTIONS_TABLE.name))
+        days = tables[names.DECISIONS_TABLE.name].select(names.MONITORED_DAY).collect()
+        outcome.compare(sorted({r[0] for r in days}), [r[0] for r in days])
+        keys = tables[names.RAW_TABLE.name].select(
+            names.ACCOUNT_ID, F.to_date(names.TIMESTAMP).alias(names.TRANSACTION_DATE)
+        )
+        unfeatured = keys.join(
+            tables[names.FEATURES_TABLE.name], list(names.FEATURE_KEYS), "left_anti"
+        )
+        outcome.compare([], [tuple(r) for r in unfeatured.collect()])
+        reports = [line for line in log.read_text().splitlines() if line.startswith('{"day"')]
+        assert json.loads(reports[-1])["day"] == str(decided)

@@ -7,7 +7,8 @@ start it again; the tables must come out as if nothing had happened. Usage:
 
 Task keys: ``job`` ("ingest" or "score"); for ingest ``raw``, ``quarantine``,
 ``checkpoint`` and either ``landing`` (a folder of JSON-lines files) or ``topic`` (Kafka);
-for score ``model``, ``raw``, ``features``, ``predictions``; for write ``path``, ``rows``
+for score ``model``, ``raw``, ``features``, ``predictions``; for loop ``label_delay`` (one
+daily step of notebook 06 on the lakehouse of ``WORKBOOK_LAKEHOUSE``); for write ``path``, ``rows``
 (a new table of that many ids); for dump ``tables`` (name: location), ``columns``
 (optional) and ``out``, a local JSON file that gets each table's rows (null if absent).
 """
@@ -84,6 +85,12 @@ def run(task: dict) -> None:
             task["predictions"],
             starting_version=0,
         )
+    elif task["job"] == "loop":
+        from workbook import loop
+
+        settings = loop.LoopSettings(label_delay_days=task["label_delay"])
+        print(loop.run_day(spark, loop.next_day(spark), settings).to_json(), flush=True)
+        return
     elif task["job"] == "write":
         from pyspark.sql import functions as F
 

@@ -14,8 +14,9 @@ CHAMPION = registry.LoadedModel("1", "run", {"metrics": {"test": {"pr_auc": 0.6}
 SETTINGS = loop.LoopSettings()
 
 
-def decided(spark, drift=None, quality=None, day=date(2031, 3, 10)):
-    report = loop.DayReport(day, drift=drift or {}, quality=quality or {}, labels_of="2031-03-07")
+def decided(spark, drift=None, quality=None, day=date(2031, 3, 10), **report):
+    report = {"predictions": 6700, "labels_of": "2031-03-07"} | report
+    report = loop.DayReport(day, drift=drift or {}, quality=quality or {}, **report)
     return loop.decide(spark, CHAMPION, report, SETTINGS)
 
 
@@ -57,3 +58,20 @@ def test_at_most_one_challenger_in_a_few_days(spark):
     assert not retrain and "a challenger was trained on 2031-03-08" in reason
     later = date(2031, 3, 8 + SETTINGS.retrain_every_days)
     assert decided(spark, quality={"pr_auc": 0.1}, day=later)[0]
+
+
+def test_a_day_without_valid_transactions_keeps_the_champion_and_says_so(spark):
+    retrain, reason = decided(spark, predictions=0)
+    assert not retrain
+    assert reason.startswith("keep version 1: no valid transaction arrived for 2031-03-10")
+    assert "quarantine" in reason
+
+
+def test_labels_that_never_arrive_are_named(spark):
+    lost = {"labels_of": None, "labels_lost": "2031-03-07"}
+    retrain, reason = decided(spark, {"psi:amount_log": 0.01}, **lost)
+    assert not retrain and "quality held" not in reason
+    assert reason.endswith("the labels of 2031-03-07 have not arrived: its quality is unknown")
+    drift = {"psi:amount_log": 0.3, "psi:category": 0.4}
+    retrain, reason = decided(spark, drift, day=date(2031, 4, 1), **lost)  # no recent challenger
+    assert retrain and "the labels of 2031-03-07 have not arrived" in reason
