@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from workbook import lakehouse, names, sources
+from workbook import contract, lakehouse, names, sources
 from workbook.contract import (
     EVENT_FIELDS,
     KNOWN_CURRENCIES,
@@ -24,11 +24,8 @@ from workbook.contract import (
 )
 from workbook.lakehouse import ensure_table, merge_new_rows
 
-TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"
+TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"  # contract.TIMESTAMP_PATTERN's instants
 
-# Every field is read as text first, so a wrong type is reported as such, not nulled.
-CORRUPT = "_corrupt_record"
-TEXT_SCHEMA = T.StructType([T.StructField(f, T.StringType()) for f in (*EVENT_FIELDS, CORRUPT)])
 RAW_SCHEMA = T.StructType(
     [
         T.StructField(names.TRANSACTION_ID, T.StringType(), False),
@@ -68,50 +65,106 @@ def _first_failure(rules: list[tuple[str, Column]]) -> Column:
     return reason
 
 
+def _has_kind(json_type: Column, kind: str) -> Column:
+    """Whether a value's JSON type (``schema_of_variant``'s name) is the contract's ``kind``."""
+    if kind == contract.NUMBER:
+        return json_type.isin(*NUMBER_TYPES) | json_type.startswith("DECIMAL")
+    return json_type == ("BOOLEAN" if kind == contract.BOOLEAN else "STRING")
+
+
+NUMBER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE")
+
+
 def parse_and_validate(events: DataFrame) -> DataFrame:
-    """Typed event columns, ``record_id`` and ``reason`` (null for a valid event) from ``value``."""
+    """Typed event columns, ``record_id`` and ``reason`` (null for a valid event) from ``value``.
+
+    The contract's rules that need only the event itself (``contract.STATELESS``), in its
+    order; ``mark_late`` and ``mark_duplicates`` add the two that need the data before.
+    """
     text = F.col(names.VALUE)
-    # `inline` parses each event once; a plain select of "e.*" would be collapsed by the
-    # optimizer into one JSON parse per field.
+    # Parsed once, in its own projection, so that every rule reads the same parsed value.
     parsed = events.select(
-        text,
-        F.sha2(text, 256).alias(names.RECORD_ID),
-        F.inline(F.array(F.from_json(text, TEXT_SCHEMA, {"columnNameOfCorruptRecord": CORRUPT}))),
+        text, F.sha2(text, 256).alias(names.RECORD_ID), F.try_parse_json(text).alias("_json")
     )
-    # Typed once, in their own projection, so that every rule reads the same parsed value.
+    json_type = {
+        f: F.schema_of_variant(F.variant_get("_json", f"$.{f}", "variant")) for f in EVENT_FIELDS
+    }
+    value = {
+        f.name: F.try_variant_get("_json", f"$.{f.name}", SPARK_TYPES[f.kind])
+        for f in contract.FIELDS
+    }
+    timestamp = F.try_to_timestamp(value[names.TIMESTAMP], F.lit(TIMESTAMP_FORMAT))
+    amount = value[names.AMOUNT]
     typed = parsed.select(
         "*",
-        # NaN and Infinity tokens come back quoted; unquote them so the amount rule sees them.
-        F.regexp_replace(names.AMOUNT, '"', "").try_cast("double").alias("_amount"),
-        F.col(names.IS_FLAGGED).try_cast("boolean").alias("_flagged"),
-        F.try_to_timestamp(names.TIMESTAMP, F.lit(TIMESTAMP_FORMAT)).alias("_timestamp"),
+        *[v.alias(f"_{f}") for f, v in value.items()],
+        *[t.alias(f"_type_{f}") for f, t in json_type.items()],
+        timestamp.alias("_instant"),
+        F.json_object_keys(text).alias("_keys"),
     )
-    amount, flagged, timestamp = F.col("_amount"), F.col("_flagged"), F.col("_timestamp")
-    rules = [
-        ("oversized_event", F.octet_length(text) > MAX_EVENT_BYTES),
+    value = {f: F.col(f"_{f}") for f in value}
+    json_type = {f: F.col(f"_type_{f}") for f in json_type}
+    timestamp, amount = F.col("_instant"), value[names.AMOUNT]
+    absent = {f: t.isNull() | (t == "VOID") for f, t in json_type.items()}
+    rule = {
+        "oversized_event": F.octet_length(text) > MAX_EVENT_BYTES,
         # The file source and the Kafka value's cast keep bytes that are not UTF-8 as they
         # are; parsed, they would pass as altered text (U+FFFD), so they are refused here.
-        ("invalid_encoding", ~F.is_valid_utf8(text)),
-        ("malformed_json", F.col(CORRUPT).isNotNull()),
-        ("missing_required_field", F.greatest(*[F.col(f).isNull() for f in REQUIRED_FIELDS])),
-        ("wrong_type", amount.isNull() | (F.col(names.IS_FLAGGED).isNotNull() & flagged.isNull())),
-        (
-            "invalid_amount",
-            F.isnan(amount)
-            | (amount <= 0)
-            | (F.abs(amount) == float("inf"))
-            | (amount > MAX_AMOUNT),
+        "invalid_encoding": ~F.is_valid_utf8(text),
+        "malformed_json": F.col("_json").isNull()
+        | ~F.schema_of_variant("_json").startswith("OBJECT"),
+        "unknown_field": F.size(F.array_except("_keys", F.array(*map(F.lit, EVENT_FIELDS)))) > 0,
+        "missing_required_field": F.greatest(*[absent[f] for f in REQUIRED_FIELDS]),
+        "wrong_type": F.greatest(
+            *[~absent[f.name] & ~_has_kind(json_type[f.name], f.kind) for f in contract.FIELDS]
         ),
-        ("unknown_currency", ~F.col(names.CURRENCY).isin(*KNOWN_CURRENCIES)),
-        ("invalid_timestamp", timestamp.isNull()),
-        ("future_timestamp", timestamp > F.current_timestamp()),
-    ]
-    as_typed = {names.AMOUNT: amount, names.IS_FLAGGED: flagged, names.TIMESTAMP: timestamp}
+        **{
+            f"invalid_{f.name}": ~value[f.name].rlike(contract.full_match(f.pattern))
+            for f in contract.PATTERNED_FIELDS
+        },
+        "invalid_amount": ~((amount > 0) & (amount <= MAX_AMOUNT)),  # NaN > 0 is true in Spark
+        "unknown_currency": ~value[names.CURRENCY].isin(*KNOWN_CURRENCIES),
+        "invalid_timestamp": ~value[names.TIMESTAMP].rlike(
+            contract.full_match(contract.TIMESTAMP_PATTERN)
+        )
+        | timestamp.isNull(),
+        "ancient_timestamp": timestamp < F.lit(contract.EARLIEST_TIMESTAMP),
+        "future_timestamp": timestamp > F.current_timestamp(),
+    }
+    as_typed = {**value, names.TIMESTAMP: timestamp}
     return typed.select(
         names.VALUE,
         names.RECORD_ID,
-        *[as_typed.get(f, F.col(f)).alias(f) for f in EVENT_FIELDS],
-        _first_failure(rules).alias(names.REASON),
+        *[as_typed[f].alias(f) for f in EVENT_FIELDS],
+        _first_failure([(r, rule[r]) for r in contract.STATELESS]).alias(names.REASON),
+    )
+
+
+SPARK_TYPES = {
+    contract.TEXT: "string",
+    contract.TIMESTAMP: "string",
+    contract.NUMBER: "double",
+    contract.BOOLEAN: "boolean",
+}
+
+
+def data_clock(checked: DataFrame, raw: DataFrame):
+    """The data's clock for a batch: the newest event time in raw and among its valid events."""
+    newest = [
+        frame.agg(F.max(names.TIMESTAMP)).first()[0]
+        for frame in (raw, checked.filter(F.col(names.REASON).isNull()))
+    ]
+    return max((t for t in newest if t is not None), default=None)
+
+
+def mark_late(checked: DataFrame, clock) -> DataFrame:
+    """Refuse a valid event older than ``contract.MAX_LATENESS`` before the data's ``clock``."""
+    if clock is None:  # no valid event yet: nothing can be late
+        return checked
+    late = F.col(names.TIMESTAMP) < F.lit(clock - contract.MAX_LATENESS)
+    return checked.withColumn(
+        names.REASON,
+        F.coalesce(F.col(names.REASON), F.when(late, F.lit("late_event"))),
     )
 
 
@@ -159,10 +212,10 @@ def ingest_batch(
     """
     spark = batch.sparkSession
     query_id = json.loads(lakehouse.read_text(spark, f"{checkpoint}/metadata"))["id"]
-    existing = (
-        spark.read.format("delta").load(raw_path).select(names.TRANSACTION_ID, names.BATCH_ID)
-    )
-    checked = mark_duplicates(parse_and_validate(batch), existing, batch_id)
+    raw = spark.read.format("delta").load(raw_path)
+    existing = raw.select(names.TRANSACTION_ID, names.BATCH_ID)
+    parsed = parse_and_validate(batch).persist()
+    checked = mark_duplicates(mark_late(parsed, data_clock(parsed, raw)), existing, batch_id)
     checked = checked.withColumn(names.BATCH_ID, F.lit(batch_id).cast("long")).persist()
     try:
         valid = checked.filter(F.col(names.REASON).isNull()).select(*RAW_SCHEMA.fieldNames())
@@ -184,6 +237,7 @@ def ingest_batch(
         append_once(refused, quarantine_path, f"{query_id}-quarantine", batch_id)
     finally:
         checked.unpersist()
+        parsed.unpersist()
 
 
 def start_ingest(

@@ -112,14 +112,14 @@ def recreate_topic(partitions: int = 3, timeout: float = 30.0) -> None:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from workbook import names, sources
+    from workbook import intake, names
     from workbook.config import get_settings
 
     require("kafka")
     admin = AdminClient(
         {
             "bootstrap.servers": get_settings().kafka_bootstrap_servers,
-            "logger": sources.client_log("kafka-admin"),
+            "logger": intake.client_log("kafka-admin"),
         }
     )
     topic = names.TRANSACTIONS_TOPIC

@@ -19,64 +19,77 @@ import os
 import signal
 import threading
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from datetime import UTC, date, datetime
 from typing import Annotated, Literal
 
 import psycopg2.errors
-from fastapi import FastAPI, HTTPException
+from fastapi import FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, create_model, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import Convertor, register_url_convertor
 
-from workbook import names, scoring, store
+from workbook import contract, intake, names, scoring, store
 from workbook.config import MissingSettingError, load_dotenv
-from workbook.contract import ACCOUNT_ID_PATTERN, KNOWN_CURRENCIES, MAX_AMOUNT, TEXT_LIMIT
+from workbook.contract import MAX_AMOUNT
 from workbook.services import ServiceUnavailableError
 
 MAX_BATCH = 100  # accounts per POST /features/batch: one query, a bounded answer
 log = logging.getLogger("workbook.serving")
 
 
-class Transaction(BaseModel):
-    """A transaction to score: the event's fields, validated as ingestion validates them."""
+def _instant(text: str) -> str:
+    """Refuse a timestamp as the contract refuses it (the pattern has checked its form)."""
+    when = contract.parse_timestamp(text)
+    if when is None:
+        raise ValueError("invalid_timestamp: not a day and time that exist")
+    if when < contract.EARLIEST_TIMESTAMP:
+        raise ValueError(f"ancient_timestamp: before {contract.EARLIEST_TIMESTAMP:%Y-%m-%d}")
+    if when > datetime.now(UTC):
+        raise ValueError("future_timestamp: later than now")
+    return text
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [
-                {
-                    names.TRANSACTION_ID: "TX-0001",
-                    names.TIMESTAMP: "2025-01-31T02:15:00Z",
-                    names.ACCOUNT_ID: "ACC000042",
-                    names.AMOUNT: 950.0,
-                    names.CURRENCY: "EUR",
-                    names.TRANSACTION_TYPE: "online",
-                    names.MERCHANT_ID: "M000123",
-                    names.CATEGORY: "electronics",
-                }
-            ]
-        },
-    )
 
-    transaction_id: str = Field(min_length=1, max_length=TEXT_LIMIT)
-    timestamp: AwareDatetime
-    account_id: str = Field(pattern=ACCOUNT_ID_PATTERN)
-    amount: float = Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)
-    currency: Literal[KNOWN_CURRENCIES]
-    transaction_type: str | None = Field(None, max_length=TEXT_LIMIT)
-    merchant_id: str | None = Field(None, max_length=TEXT_LIMIT)
-    category: str | None = Field(None, max_length=TEXT_LIMIT)
-    is_flagged: bool | None = None
+def _field_type(field: contract.EventField):
+    """The pydantic type of a contract field: strict, so JSON types are never converted."""
+    if field.kind == contract.NUMBER:
+        return Annotated[float, Field(gt=0, le=MAX_AMOUNT, allow_inf_nan=False, strict=True)]
+    if field.kind == contract.BOOLEAN:
+        return Annotated[bool, Field(strict=True)]
+    if field.kind == contract.TIMESTAMP:
+        pattern = f"^(?:{contract.TIMESTAMP_PATTERN})$"
+        return Annotated[str, Field(pattern=pattern, strict=True), AfterValidator(_instant)]
+    if field.choices:
+        return Literal[field.choices]
+    return Annotated[str, Field(pattern=f"^(?:{field.pattern})$", strict=True)]
 
-    @field_validator(names.TIMESTAMP)
-    @classmethod
-    def not_in_the_future(cls, value: datetime) -> datetime:
-        if value > datetime.now(UTC):
-            raise ValueError("the timestamp is in the future")  # ingestion refuses these too
-        return value
+
+EXAMPLE_EVENT = {
+    names.TRANSACTION_ID: "TX-0001",
+    names.TIMESTAMP: "2025-01-31T02:15:00Z",
+    names.ACCOUNT_ID: "ACC000042",
+    names.AMOUNT: 950.0,
+    names.CURRENCY: "EUR",
+    names.TRANSACTION_TYPE: "online",
+    names.MERCHANT_ID: "M000123",
+    names.CATEGORY: "electronics",
+}
+# A transaction event, as the contract has it: the same fields, types and formats.
+Transaction = create_model(
+    "Transaction",
+    __config__=ConfigDict(extra="forbid", json_schema_extra={"examples": [EXAMPLE_EVENT]}),
+    __doc__="A transaction event, validated as ingestion validates it (workbook.contract).",
+    **{
+        f.name: (_field_type(f), Field(description=f.description))
+        if f.required
+        else (_field_type(f) | None, Field(None, description=f.description))
+        for f in contract.FIELDS
+    },
+)
 
 
 Score = create_model(
@@ -106,6 +119,22 @@ AccountFeatures = create_model(
         for c in names.FEATURE_COLUMNS
     },
 )
+ACCOUNT_ID_PATTERN = f"^(?:{contract.BY_NAME[names.ACCOUNT_ID].pattern})$"
+
+
+class AccountIdConvertor(Convertor):
+    """A path segment that is an account id: anything else (e.g. ``batch``) is not this route."""
+
+    regex = contract.BY_NAME[names.ACCOUNT_ID].pattern
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("account_id", AccountIdConvertor())
 AccountId = Annotated[str, PathParam(pattern=ACCOUNT_ID_PATTERN, examples=["ACC000042"])]
 
 
@@ -127,6 +156,46 @@ FeaturesBatch = create_model(
     features=(list[AccountFeatures], Field(description="known accounts, in the order asked")),
     unknown=(list[str], Field(description="accounts with no online features")),
 )
+
+
+Problem = create_model("Problem", detail=(str, Field(description="what went wrong, in words")))
+EventOutcome = create_model(
+    "EventOutcome",
+    index=(int, Field(description="the event's place in the batch, from 0")),
+    transaction_id=(str | None, ...),
+    accepted=(bool, ...),
+    reason=(str | None, Field(description="the contract's reason, when refused")),
+)
+Intake = create_model(
+    "Intake",
+    accepted=(int, ...),
+    refused=(int, ...),
+    events=(list[EventOutcome], Field(description="one per event, in the order sent")),
+)
+
+
+def _errors(*statuses: int) -> dict:
+    """OpenAPI responses for error statuses, each with the Problem body."""
+    meaning = {
+        400: "the body is not UTF-8 JSON",
+        404: "unknown account",
+        409: "the account's features are newer than the transaction",
+        413: "the body is too large",
+        422: "the request does not follow the schema",
+        503: "a service it needs is down (the message names it and how to start it)",
+    }
+    return {s: {"model": Problem, "description": meaning[s]} for s in statuses}
+
+
+# Any items: each event is judged on its own, by the contract (the Transaction schema), and
+# refused with its reason in the answer; only a body that is not such an array is a 4xx.
+BATCH_SCHEMA = {
+    "type": "array",
+    "minItems": 1,
+    "maxItems": intake.MAX_EVENTS,
+    "items": {"description": "a transaction event (see Transaction), judged on its own"},
+    "examples": [[EXAMPLE_EVENT]],
+}
 
 
 class Service:
@@ -158,6 +227,8 @@ class Service:
         self._model: scoring.ScoringModel | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
+        self._sink: intake.Sink | None = None
+        self._clock = None  # the newest event time taken in: the data's clock, as seen here
 
     def open(self) -> None:
         for attempt in (self.store, self.model):
@@ -220,6 +291,23 @@ class Service:
             except Exception as error:  # the registry is down or the alias gone: keep serving
                 log.warning("model watcher: %s", error)
 
+    def take_in(self, events: list) -> list[intake.Outcome]:
+        """Judge a batch by the contract and send its accepted events on (``intake.Sink``)."""
+        with self._lock:  # one batch at a time: the clock moves in order
+            outcomes, lines = intake.judge(events, self._clock)
+            if self._sink is None:
+                self._sink = intake.Sink()
+            try:
+                self._sink.send(lines, [o.transaction_id for o in outcomes if o.reason is None])
+            except ServiceUnavailableError as error:
+                raise HTTPException(503, str(error)) from None
+            taken = [events[o.index][names.TIMESTAMP] for o in outcomes if o.reason is None]
+            self._clock = max(
+                [*map(contract.parse_timestamp, taken), *([self._clock] if self._clock else [])],
+                default=None,
+            )
+            return outcomes
+
     def close(self) -> None:
         self._stop.set()
         with self._lock:
@@ -266,7 +354,38 @@ def create_app(
         detail = f"the online table {store.TABLE} does not exist yet: run 05_feature_store"
         return JSONResponse({"detail": detail}, status_code=503)
 
-    @app.get("/health")
+    @app.post(
+        "/transactions",
+        status_code=202,
+        response_model=Intake,
+        responses=_errors(400, 413, 422, 503),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": BATCH_SCHEMA}},
+            }
+        },
+    )
+    async def transactions(request: Request):
+        """Take in a batch of transaction events (the ingestion edge, in front of the topic).
+
+        Each event is accepted or refused with the contract's reason; accepted events go to
+        the transactions topic on the stack, or land as a file locally, for 01's ingestion.
+        The same batch sent again adds nothing to raw.
+        """
+        try:
+            events = intake.read_batch(await request.body())
+        except intake.BadBatch as error:
+            return JSONResponse({"detail": str(error)}, status_code=error.status)
+        outcomes = await run_in_threadpool(service.take_in, events)
+        refused = sum(o.reason is not None for o in outcomes)
+        return {
+            "accepted": len(outcomes) - refused,
+            "refused": refused,
+            "events": [{**asdict(o), "accepted": o.reason is None} for o in outcomes],
+        }
+
+    @app.get("/health", responses=_errors(503))
     def health() -> dict:
         """200 when PostgreSQL answers; 503 with the reason when it does not."""
         service.store().ping()
@@ -281,19 +400,7 @@ def create_app(
             "model_alias": service.alias,
         }
 
-    @app.get(
-        "/features/{account_id}",
-        response_model=AccountFeatures,
-        responses={404: {"description": "unknown account"}},
-    )
-    def features(account_id: AccountId):
-        """The account's latest online features."""
-        row = service.store().get_features(account_id)
-        if row is None:
-            raise HTTPException(404, f"no online features for account {account_id}")
-        return row
-
-    @app.post("/features/batch", response_model=FeaturesBatch)
+    @app.post("/features/batch", response_model=FeaturesBatch, responses=_errors(400, 503))
     def features_batch(request: AccountIds):
         """The latest online features of several accounts, in one query."""
         wanted = list(dict.fromkeys(request.account_ids))  # each once, in the order asked
@@ -303,7 +410,19 @@ def create_app(
             "unknown": [a for a in wanted if a not in rows],
         }
 
-    @app.post("/score", response_model=Score, responses={409: {"description": "features too new"}})
+    @app.get(
+        "/features/{account_id:account_id}",
+        response_model=AccountFeatures,
+        responses=_errors(404, 503),
+    )
+    def features(account_id: AccountId):
+        """The account's latest online features."""
+        row = service.store().get_features(account_id)
+        if row is None:
+            raise HTTPException(404, f"no online features for account {account_id}")
+        return row
+
+    @app.post("/score", response_model=Score, responses=_errors(400, 409, 503))
     def score(transaction: Transaction):
         """Fraud probability and decision, from the transaction and its account's features."""
         model = service.model()

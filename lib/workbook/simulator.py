@@ -17,7 +17,7 @@ from datetime import date, timedelta
 import numpy as np
 import pandas as pd
 
-from workbook import names
+from workbook import contract, names
 
 CATEGORIES = {
     "groceries": 0.24,
@@ -38,21 +38,8 @@ TRANSACTION_TYPES = {"purchase": 0.6, "online": 0.25, "withdrawal": 0.1, "transf
 CURRENCY_SHARES = {"EUR": 0.6, "USD": 0.25, "GBP": 0.15}
 EPISODE_CALENDAR_DAYS = 64  # fraud episodes start anywhere in this many days from start_date
 LEGACY_FLAG_AMOUNT = 1000.0  # the bank's old rule: flag any amount above this
-MALFORMED_KINDS = (
-    "invalid_json",
-    "missing_field",
-    "null_amount",
-    "wrong_type",
-    "zero_amount",
-    "negative_amount",
-    "nan_amount",
-    "infinite_amount",
-    "huge_amount",
-    "unknown_currency",
-    "bad_timestamp",
-    "future_timestamp",
-    "duplicate",
-)
+# One kind of malformed event for each of the contract's rules, named by its reason.
+MALFORMED_KINDS = contract.REASONS
 
 
 @dataclass(frozen=True)
@@ -302,8 +289,8 @@ def split_labels(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def malformed_events(
     config: SimulationConfig, valid: pd.DataFrame, day_index: int
-) -> list[tuple[str, str]]:
-    """Hostile copies of some valid events, as (kind, JSON line) pairs."""
+) -> list[tuple[str, str | bytes]]:
+    """Hostile copies of some valid events, as (kind, line) pairs: bytes if not UTF-8."""
     rng = np.random.default_rng([config.seed, 10_000 + day_index])
     n = math.ceil(len(valid) * config.malformed_share)
     rows = valid.iloc[rng.integers(0, len(valid), n)].to_dict("records")
@@ -311,33 +298,9 @@ def malformed_events(
     events = []
     for i, row in enumerate(rows):
         kind = MALFORMED_KINDS[i % len(MALFORMED_KINDS)]
-        if kind != "duplicate":
+        if kind != "duplicate_transaction_id":
             row[names.TRANSACTION_ID] = f"BAD{stamp}-{i:05d}"
-        match kind:
-            case "missing_field":
-                del row[names.ACCOUNT_ID]
-            case "null_amount":
-                row[names.AMOUNT] = None
-            case "wrong_type":
-                row[names.AMOUNT] = f"{row[names.AMOUNT]:.2f} EUR"
-            case "zero_amount":
-                row[names.AMOUNT] = 0.0
-            case "negative_amount":
-                row[names.AMOUNT] = -row[names.AMOUNT]
-            case "nan_amount":
-                row[names.AMOUNT] = float("nan")
-            case "infinite_amount":
-                row[names.AMOUNT] = float("inf")
-            case "huge_amount":
-                row[names.AMOUNT] = 1e12
-            case "unknown_currency":
-                row[names.CURRENCY] = "XYZ"
-            case "bad_timestamp":
-                row[names.TIMESTAMP] = row[names.TIMESTAMP].replace("T", " at ")
-            case "future_timestamp":
-                row[names.TIMESTAMP] = "2099" + row[names.TIMESTAMP][4:]
-        line = json.dumps(row)
-        events.append((kind, line[: len(line) // 2] if kind == "invalid_json" else line))
+        events.append((kind, contract.example_of(kind, row)))
     return events
 
 

@@ -7,7 +7,6 @@ quarantine and the raw table downstream of ``event_stream`` are one code path.
 from __future__ import annotations
 
 import json
-import logging
 from datetime import date
 from functools import partial
 from pathlib import Path
@@ -16,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm  # plain text bars: no widget dependency in headless kernels
 
-from workbook import lakehouse, names, services, simulator
+from workbook import intake, lakehouse, names, services, simulator
 from workbook.config import get_settings
 
 
@@ -72,14 +71,8 @@ def event_stream(spark: SparkSession, max_files_per_trigger: int | None = None) 
 
 
 def _land_file(landing: Path, day: date, lines: list[str]) -> None:
-    """Write one day as a JSON-lines file, atomically; rewriting the same day is a no-op."""
-    path = landing / f"transactions-{day.isoformat()}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    body = "".join(f"{line}\n" for line in lines)  # a day without events is an empty file
-    if not path.exists() or path.read_text() != body:
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(body)
-        tmp.rename(path)  # a streaming reader never sees half a file
+    """Write one day as a JSON-lines file; rewriting the same day is a no-op."""
+    intake.land_lines(landing / f"transactions-{day.isoformat()}.jsonl", lines)
 
 
 def landed_files_stream(
@@ -99,63 +92,17 @@ def _kafka_sender(spark: SparkSession):
     acknowledgement and the mark, the rerun sends the day again and ingestion quarantines
     the copies as duplicate transaction ids: nothing is lost, nothing lands twice in raw.
     """
-    from confluent_kafka import Producer
-
-    services.require("kafka")
-    producer = Producer(
-        {
-            "bootstrap.servers": get_settings().kafka_bootstrap_servers,
-            "enable.idempotence": True,  # broker-side dedup of the producer's own retries
-            "linger.ms": 20,
-            "compression.type": "lz4",
-            "message.timeout.ms": 60_000,
-            # librdkafka's own notices (e.g. a broker still starting) go to a log file, not
-            # to the notebook; delivery failures are raised below.
-            "logger": client_log("kafka-producer"),
-        }
-    )
+    producer = intake.producer()
     marks = lakehouse.location(names.LANDING_ZONE)
 
     def send(day: date, lines: list[str]) -> None:
         mark = f"{marks}/{day.isoformat()}.published"
         if lakehouse.exists(spark, mark):
             return
-        failures: list[str] = []
-
-        def on_delivery(error, _message) -> None:
-            if error is not None:
-                failures.append(str(error))
-
-        for line in lines:
-            while True:
-                try:
-                    producer.produce(
-                        names.TRANSACTIONS_TOPIC, line.encode(), on_delivery=on_delivery
-                    )
-                    break
-                except BufferError:  # the local queue is full: wait for acknowledgements
-                    producer.poll(0.5)
-            producer.poll(0)
-        unsent = producer.flush(60)
-        if unsent or failures:
-            raise services.SERVICES["kafka"].unavailable(
-                f"{unsent + len(failures)} events of {day} not acknowledged"
-                + (f": {failures[0]}" if failures else "")
-            )
+        intake.produce(producer, lines, what=f" of {day}")
         lakehouse.write_text(spark, mark, json.dumps({"events": len(lines)}))
 
     return send
-
-
-def client_log(name: str) -> logging.Logger:
-    """A Kafka client's own log, kept in the lakehouse's log folder."""
-    logger = logging.getLogger(f"workbook.{name}")
-    if not logger.handlers:
-        path = get_settings().lakehouse / "_logs" / f"{name}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        logger.addHandler(logging.FileHandler(path))
-        logger.propagate = False
-    return logger
 
 
 def kafka_stream(spark: SparkSession) -> DataFrame:

@@ -160,13 +160,13 @@ def kafka_topic(stack_profile):
     """A topic of the test's own (three partitions, like the workbook's), deleted afterwards."""
     from confluent_kafka.admin import AdminClient, NewTopic
 
-    from workbook import sources
+    from workbook import intake
     from workbook.config import required
 
     admin = AdminClient(
         {
             "bootstrap.servers": required("KAFKA_BOOTSTRAP_SERVERS"),
-            "logger": sources.client_log("kafka-admin"),
+            "logger": intake.client_log("kafka-admin"),
         }
     )
     topic = f"reliability-{uuid.uuid4().hex[:12]}"

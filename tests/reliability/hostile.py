@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 
-from workbook import contract, names, simulator
+from workbook import contract, intake, names, simulator
 from workbook.simulator import SimulationConfig
 
 DROP = object()  # a field to leave out of the event
@@ -74,13 +74,14 @@ def corpus(first: int) -> list[Hostile]:
         bad("amount_zero", "invalid_amount", amount=0),
         bad("amount_minus_zero", "invalid_amount", amount=-0.0),
         bad("amount_negative", "invalid_amount", amount=-12.5),
-        bad("amount_nan", "invalid_amount", amount=float("nan")),
-        bad("amount_nan_text", "invalid_amount", amount="NaN"),
-        bad("amount_infinity", "invalid_amount", amount=float("inf")),
-        bad("amount_minus_infinity", "invalid_amount", amount=float("-inf")),
+        # JSON has no NaN or Infinity: Python writes them, the contract refuses them.
+        bad("amount_nan", "malformed_json", amount=float("nan")),
+        bad("amount_nan_text", "wrong_type", amount="NaN"),
+        bad("amount_infinity", "malformed_json", amount=float("inf")),
+        bad("amount_minus_infinity", "malformed_json", amount=float("-inf")),
         Hostile(
             "amount_overflows_double",
-            line(next(numbers)).replace(b'"amount": ', b'"amount": 1e400, "x": '),
+            line(next(numbers), amount=1.0).replace(b'"amount": 1.0', b'"amount": 1e400'),
             "invalid_amount",
         ),
         bad("amount_absurd", "invalid_amount", amount=1e300),
@@ -91,7 +92,7 @@ def corpus(first: int) -> list[Hostile]:
         bad("timestamp_word", "invalid_timestamp", timestamp="yesterday"),
         bad("timestamp_feb30", "invalid_timestamp", timestamp="2025-02-30T00:00:00Z"),
         bad("timestamp_no_zone", "invalid_timestamp", timestamp="2025-01-02T03:04:05"),
-        bad("timestamp_number", "invalid_timestamp", timestamp=1735787045),
+        bad("timestamp_number", "wrong_type", timestamp=1735787045),
         bad("timestamp_future", "future_timestamp", timestamp="2099-01-01T00:00:00Z"),
         bad("oversized_field", "oversized_event", category="x" * (contract.MAX_EVENT_BYTES + 1)),
         bad("oversized_200kb", "oversized_event", merchant_id="y" * 200_000),
@@ -110,6 +111,13 @@ def corpus(first: int) -> list[Hostile]:
         ),
         Hostile("utf16", json.dumps(event(next(numbers))).encode("utf-16"), "invalid_encoding"),
         Hostile("noise", bytes(range(128, 256)), "invalid_encoding"),
+        # One of the contract's own examples for every rule judged by the event alone.
+        *[
+            Hostile(
+                f"contract_{r}", intake.as_bytes(contract.example_of(r, event(next(numbers)))), r
+            )
+            for r in contract.STATELESS
+        ],
     ]
     return items
 
@@ -123,7 +131,7 @@ def expected_ingestion(config: SimulationConfig) -> tuple[list[str], list[str]]:
         day = config.first_day + i
         valid = simulator.split_labels(simulator.simulate_day(config, accounts, day, n))[0]
         refused += [
-            hashlib.sha256(text.encode()).hexdigest()
+            hashlib.sha256(intake.as_bytes(text)).hexdigest()
             for _, text in simulator.malformed_events(config, valid, day)
         ]
     return valid_ids, refused

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workbook import sources
+from workbook import intake
 from workbook.config import required
 
 
@@ -16,7 +16,7 @@ def producer():
             "linger.ms": 20,
             # Long enough to ride out a broker restart.
             "message.timeout.ms": 180_000,
-            "logger": sources.client_log("reliability-producer"),
+            "logger": intake.client_log("reliability-producer"),
         }
     )
 

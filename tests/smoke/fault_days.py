@@ -10,6 +10,7 @@ store and the report. Writes them as JSON to the file named by its one argument.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import asdict, replace
@@ -18,17 +19,17 @@ from datetime import timedelta
 from psycopg2 import sql
 
 from conftest import DRIFT_FROM_DAY, LABEL_DELAY  # run as a script, from tests/smoke
-from workbook import loop, names, registry, simulator, store
+from workbook import intake, loop, names, registry, simulator, store
 from workbook.spark import get_spark
 
 
-def malformed_lines(config, day) -> list[str]:
+def malformed_lines(config, day) -> list[str | bytes]:
     """The simulator's malformed events of ``day``; its duplicates are copies of valid events
     that are never sent here, so they would be valid: left out."""
     index = config.index_of(day)
     valid, _ = simulator.simulate(config.one_day(index))
     hostile = simulator.malformed_events(config.one_day(index), valid, index)
-    return [line for kind, line in hostile if kind != "duplicate"]
+    return [line for kind, line in hostile if kind != "duplicate_transaction_id"]
 
 
 def observed() -> dict:
@@ -70,7 +71,9 @@ def main(out: str) -> None:
         (days[2], hopeless, None),
         (days[3], replace(hopeless, holdout_days=6), None),  # back past the lost labels
     ]
-    found = {"before": observed(), "malformed_lines": bad, "lost_labels": str(lost), "days": []}
+    records = [hashlib.sha256(intake.as_bytes(line)).hexdigest() for line in bad]
+    found = {"before": observed(), "malformed_records": records, "lost_labels": str(lost)}
+    found["days"] = []
     for day, day_settings, events in plan:
         report = loop.run_day(spark, day, day_settings, events=events)
         found["days"].append({"report": {**asdict(report), "day": str(day)}, **observed()})

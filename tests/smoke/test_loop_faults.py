@@ -55,9 +55,9 @@ def test_a_day_of_malformed_events_lands_in_quarantine_and_changes_nothing(
     assert report["reason"].startswith(f"keep version {before['aliases']['champion']}: no valid")
     assert bad["aliases"] == before["aliases"] and bad["online"] == before["online"]
     quarantined = table(spark, workbook_run, names.QUARANTINE_TABLE).filter(
-        F.col(names.RAW_VALUE).isin(faults["malformed_lines"])
+        F.col(names.RECORD_ID).isin(faults["malformed_records"])
     )
-    assert quarantined.count() == len(faults["malformed_lines"]) > 0
+    assert quarantined.count() == len(faults["malformed_records"]) > 0
     assert quarantined.filter(F.col(names.REASON).isNull()).count() == 0
     assert of_day(table(spark, workbook_run, names.RAW_TABLE), day_of(bad)).count() == 0
 

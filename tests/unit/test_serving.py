@@ -148,11 +148,10 @@ def test_health(client):
 
 def test_openapi_schema_documents_the_endpoints(client):
     schema = client.get("/openapi.json").json()
-    assert {"/health", "/features/{account_id}", "/features/batch", "/score"} <= set(
-        schema["paths"]
-    )
+    paths = {"/health", "/features/{account_id}", "/features/batch", "/score", "/transactions"}
+    assert paths <= set(schema["paths"])
     parameter = schema["paths"]["/features/{account_id}"]["get"]["parameters"][0]
-    assert parameter["schema"]["pattern"] == contract.ACCOUNT_ID_PATTERN
+    assert parameter["schema"]["pattern"] == f"^(?:{contract.BY_NAME['account_id'].pattern})$"
     assert "Transaction" in schema["components"]["schemas"]
 
 

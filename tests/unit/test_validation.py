@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pyspark.sql import functions as F
 
-from workbook import contract, ingest, names, simulator, sources
+from workbook import contract, ingest, intake, names, simulator, sources
 from workbook.simulator import SimulationConfig
 
 pytestmark = pytest.mark.spark
@@ -35,17 +35,23 @@ def line(**changes) -> str:
     return json.dumps({k: v for k, v in event.items() if v is not DROP})
 
 
-def validate(spark, *lines: str):
-    frame = spark.createDataFrame([(v,) for v in lines], "value string")
-    return ingest.parse_and_validate(frame)
+def as_text(line: str | bytes) -> str:
+    """A line as Spark reads it: bytes that are not UTF-8 become U+FFFD."""
+    return line.decode("utf-8", "replace") if isinstance(line, bytes) else line
 
 
-def reasons(spark, *lines: str) -> list[str | None]:
+def validate(spark, *lines: str | bytes):
+    """The lines checked, from their bytes as the sources deliver them (not UTF-8 kept)."""
+    frame = spark.createDataFrame([(intake.as_bytes(v),) for v in lines], "value binary")
+    return ingest.parse_and_validate(frame.selectExpr("cast(value as string) as value"))
+
+
+def reasons(spark, *lines: str | bytes) -> list[str | None]:
     """The reason of each line, in the order given."""
-    rows = validate(spark, *lines).select("value", names.REASON).collect()
-    by_value = {r["value"]: r[names.REASON] for r in rows}
+    rows = validate(spark, *lines).select(names.RECORD_ID, names.REASON).collect()
+    by_record = {r[names.RECORD_ID]: r[names.REASON] for r in rows}
     assert len(rows) == len(lines)
-    return [by_value[v] for v in lines]
+    return [by_record[hashlib.sha256(intake.as_bytes(v)).hexdigest()] for v in lines]
 
 
 # -- one rule at a time -------------------------------------------------------------------
@@ -103,9 +109,8 @@ def test_oversized_event(spark):
         "oversized_event",
         "oversized_event",  # checked first: a huge event is not parsed further
     ]
-    # Exactly at the limit is fine.
-    at_limit = line(category="")
-    at_limit = line(category="x" * (contract.MAX_EVENT_BYTES - len(at_limit)))
+    # Exactly at the limit is fine (JSON may carry spaces; no field is that long).
+    at_limit = line() + " " * (contract.MAX_EVENT_BYTES - len(line()))
     assert len(at_limit) == contract.MAX_EVENT_BYTES
     assert reasons(spark, at_limit) == [None]
 
@@ -119,7 +124,17 @@ def test_oversized_event_counts_bytes_not_characters(spark):
 
 def test_malformed_json(spark):
     good = line()
-    lines = [good[: len(good) // 2], "not json at all", "[1, 2, 3]", "null", good.replace(":", "=")]
+    lines = [
+        good[: len(good) // 2],
+        "not json at all",
+        "[1, 2, 3]",
+        "null",
+        good.replace(":", "="),
+        # JSON has no NaN or Infinity: Python writes them, the contract refuses them.
+        line(amount=float("nan")),
+        line(amount=float("inf")),
+        line(amount=float("-inf")),
+    ]
     assert reasons(spark, *lines) == ["malformed_json"] * len(lines)
 
 
@@ -143,8 +158,8 @@ def test_wrong_type(spark):
 
 @pytest.mark.parametrize(
     "amount",
-    [0.0, 0, -0.0, -12.5, float("nan"), float("inf"), float("-inf"), 1e12, 1_000_000.01],
-    ids=["zero", "int_zero", "minus_zero", "negative", "nan", "inf", "minus_inf", "huge", "max+"],
+    [0.0, 0, -0.0, -12.5, 1e12, 1_000_000.01],
+    ids=["zero", "int_zero", "minus_zero", "negative", "huge", "max+"],
 )
 def test_invalid_amount(spark, amount):
     assert reasons(spark, line(amount=amount)) == ["invalid_amount"]
@@ -172,9 +187,8 @@ def test_unknown_currency(spark, currency):
         "2025-02-30T00:00:00Z",
         "2025-13-01T00:00:00Z",
         "yesterday",
-        1735787045,
     ],
-    ids=["seed_bad", "no_zone", "feb30", "month13", "word", "epoch_number"],
+    ids=["seed_bad", "no_zone", "feb30", "month13", "word"],
 )
 def test_invalid_timestamp(spark, timestamp):
     assert reasons(spark, line(timestamp=timestamp)) == ["invalid_timestamp"]
@@ -200,11 +214,12 @@ def test_each_simulated_malformed_kind_gets_its_reason(spark):
         simulator.simulate_day(config, simulator.make_accounts(config), 0, config.n_transactions)
     )[0]
     events = simulator.malformed_events(config, valid, 0)
-    # A "duplicate" is a valid event on its own; mark_duplicates refuses the copy.
-    expected = {**REASON_OF_KIND, "duplicate": None}
-    assert set(expected) == set(simulator.MALFORMED_KINDS)
+    assert {kind for kind, _ in events} == set(contract.REASONS)
+    # A duplicate is a valid event on its own (mark_duplicates refuses the copy), and a late
+    # one is late only against the data's clock (mark_late).
+    later = {"duplicate_transaction_id", "late_event"}
     got = reasons(spark, *[text for _, text in events])
-    assert got == [expected[kind] for kind, _ in events]
+    assert got == [None if kind in later else kind for kind, _ in events]
 
 
 # -- duplicates ---------------------------------------------------------------------------
@@ -291,22 +306,7 @@ def test_invalid_copy_does_not_make_the_valid_event_a_duplicate(spark):
 # -- end to end ---------------------------------------------------------------------------
 
 # malformed_share is raised from the default so that every malformed kind occurs each day.
-E2E = SimulationConfig(n_transactions=2000, days=3, n_accounts=100, malformed_share=0.02)
-REASON_OF_KIND = {
-    "invalid_json": "malformed_json",
-    "missing_field": "missing_required_field",
-    "null_amount": "missing_required_field",
-    "wrong_type": "wrong_type",
-    "zero_amount": "invalid_amount",
-    "negative_amount": "invalid_amount",
-    "nan_amount": "invalid_amount",
-    "infinite_amount": "invalid_amount",
-    "huge_amount": "invalid_amount",
-    "unknown_currency": "unknown_currency",
-    "bad_timestamp": "invalid_timestamp",
-    "future_timestamp": "future_timestamp",
-    "duplicate": "duplicate_transaction_id",
-}
+E2E = SimulationConfig(n_transactions=2000, days=3, n_accounts=100, malformed_share=0.03)
 
 
 def _malformed(config: SimulationConfig) -> list[tuple[str, str]]:
@@ -391,12 +391,13 @@ def test_quarantine_holds_each_malformed_event_once(spark, ingested):
     quarantine = spark.read.format("delta").load(ingested.quarantine)
     assert quarantine.count() == len(malformed)
     got = Counter(r[names.REASON] for r in quarantine.select(names.REASON).collect())
-    assert got == Counter(REASON_OF_KIND[kind] for kind, _ in malformed)
-    # The raw text is kept, and the record id is its hash.
+    assert got == Counter(kind for kind, _ in malformed)  # each kind is named by its reason
+    # The raw text is kept (bytes that are not UTF-8 as U+FFFD), the record id is its hash.
     rows = quarantine.select(names.RECORD_ID, names.RAW_VALUE).collect()
-    assert sorted(r[names.RAW_VALUE] for r in rows) == sorted(text for _, text in malformed)
+    sent = {as_text(line): intake.as_bytes(line) for _, line in malformed}
+    assert sorted(r[names.RAW_VALUE] for r in rows) == sorted(sent)
     for r in rows:
-        assert r[names.RECORD_ID] == hashlib.sha256(r[names.RAW_VALUE].encode()).hexdigest()
+        assert r[names.RECORD_ID] == hashlib.sha256(sent[r[names.RAW_VALUE]]).hexdigest()
 
 
 def test_rerun_with_the_same_checkpoint_changes_nothing(ingested):
@@ -467,7 +468,7 @@ def test_new_day_is_ingested_on_top(ingested):
 def test_events_sent_again_in_a_later_batch_are_duplicates(ingested):
     raw_before, quarantine_before = ingested.raw_rows(), ingested.quarantine_rows()
     day_one = next(lines for _, lines, *_ in simulator.event_lines(E2E))
-    resent = [text for text in day_one if text.startswith('{"transaction_id": "TX')][:25]
+    resent = [t for t in day_one if contract.check(t) is None and '"TX' in t[:30]][:25]
     (Path(ingested.landing) / "resent.jsonl").write_text("\n".join(resent) + "\n")
     ingested.run("checkpoint")
     assert ingested.raw_rows() == raw_before
