@@ -38,12 +38,12 @@ FIELDS = (
         names.TRANSACTION_ID,
         TEXT,
         True,
-        "unique per transaction: letters, digits, '-' and '_', up to 64",
+        "1 to 64 letters, digits, '-' or '_', unique per transaction",
         pattern=r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}",
     ),
     EventField(names.TIMESTAMP, TIMESTAMP, True, "when the payment was made, with its UTC offset"),
     EventField(names.ACCOUNT_ID, TEXT, True, "'ACC' and 6 to 9 digits", pattern=r"ACC[0-9]{6,9}"),
-    EventField(names.AMOUNT, NUMBER, True, "a JSON number, more than 0, at most MAX_AMOUNT"),
+    EventField(names.AMOUNT, NUMBER, True, "a JSON number above 0, at most 1,000,000"),
     EventField(names.CURRENCY, TEXT, True, "ISO 4217 code", choices=KNOWN_CURRENCIES),
     EventField(
         names.TRANSACTION_TYPE,
@@ -95,7 +95,7 @@ class Rule:
 def _rules() -> tuple[Rule, ...]:
     """Every rule, in the order they are applied: an event's reason is the first it breaks."""
     per_pattern = [
-        Rule(f"invalid_{f.name}", f"{f.name} is not {f.description}", f.name)
+        Rule(f"invalid_{f.name}", f"{f.name} is not {f.description.split(', unique')[0]}", f.name)
         for f in PATTERNED_FIELDS
     ]
     return (
@@ -103,15 +103,13 @@ def _rules() -> tuple[Rule, ...]:
         Rule("invalid_encoding", "its bytes are not UTF-8 text"),
         Rule(
             "malformed_json",
-            "it is not one JSON object (or repeats a key, or holds NaN or Infinity, which "
-            "JSON does not have)",
+            "it is not one JSON object (a repeated key, NaN or Infinity are not JSON)",
         ),
-        Rule("unknown_field", f"it has a field besides {', '.join(EVENT_FIELDS)}"),
-        Rule("missing_required_field", f"{', '.join(REQUIRED_FIELDS)}: one is missing or null"),
+        Rule("unknown_field", "it has a field that is not one of the fields above"),
+        Rule("missing_required_field", "a required field is missing or null"),
         Rule(
             "wrong_type",
-            "a field has the wrong JSON type: amount a number, is_flagged a boolean, "
-            "the others strings",
+            "a field has another JSON type than the one above",
         ),
         *per_pattern,
         Rule("invalid_amount", f"the amount is not more than 0 and at most {MAX_AMOUNT:,.0f}"),
@@ -124,10 +122,10 @@ def _rules() -> tuple[Rule, ...]:
         Rule("future_timestamp", "the timestamp is later than now"),
         Rule(
             "late_event",
-            f"the timestamp is more than {MAX_LATENESS.days} days before the data's clock "
-            "(the newest event time the raw table and the event's batch hold)",
+            f"the timestamp is over {MAX_LATENESS.days} days before the data's clock (the "
+            "newest event time in raw and in its batch)",
         ),
-        Rule("duplicate_transaction_id", "its transaction_id arrived before (ingestion only)"),
+        Rule("duplicate_transaction_id", "its transaction_id arrived before"),
     )
 
 

@@ -35,6 +35,9 @@ class _Repeated(dict):
     """A JSON object that repeated a key: the contract refuses it as malformed JSON."""
 
 
+NOT_JSON = type("NotJson", (), {"__repr__": lambda self: "NaN or Infinity"})()
+
+
 def _object(pairs):
     keys = [k for k, _ in pairs]
     return (_Repeated if len(set(keys)) != len(keys) else dict)(pairs)
@@ -49,7 +52,9 @@ def read_batch(body: bytes) -> list:
     if len(body) > MAX_BODY_BYTES:
         raise BadBatch(413, f"the body is over {MAX_BODY_BYTES:,} bytes: send smaller batches")
     try:
-        events = json.loads(body.decode("utf-8"), object_pairs_hook=_object)
+        events = json.loads(
+            body.decode("utf-8"), object_pairs_hook=_object, parse_constant=lambda _: NOT_JSON
+        )
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise BadBatch(400, f"the body is not UTF-8 JSON: {error}") from None
     if not isinstance(events, list) or not 1 <= len(events) <= MAX_EVENTS:
@@ -71,11 +76,7 @@ def judge(events: list, clock: datetime | None = None) -> tuple[list[Outcome], l
     ``clock`` (what came before). A transaction id repeated in the batch is refused after its
     first valid event. An accepted line is the event re-serialised, the bytes ingestion reads.
     """
-    lines = [json.dumps(e) for e in events]
-    reasons = [
-        "malformed_json" if isinstance(e, _Repeated) else contract.check(line)
-        for e, line in zip(events, lines, strict=True)
-    ]
+    reasons = [_refused(e) for e in events]
     valid = [i for i, r in enumerate(reasons) if r is None]
     instants = [contract.parse_timestamp(events[i][names.TIMESTAMP]) for i in valid]
     newest = max([*instants, *([clock] if clock else [])], default=None)
@@ -91,7 +92,18 @@ def judge(events: list, clock: datetime | None = None) -> tuple[list[Outcome], l
         Outcome(i, _transaction_id(e), r)
         for i, (e, r) in enumerate(zip(events, reasons, strict=True))
     ]
-    return outcomes, [lines[o.index] for o in outcomes if o.reason is None]
+    return outcomes, [json.dumps(events[o.index]) for o in outcomes if o.reason is None]
+
+
+def _refused(event) -> str | None:
+    """The contract's reason for one parsed item, judged as the line it would land as."""
+    values = event.values() if isinstance(event, dict) else [event]
+    if isinstance(event, _Repeated) or any(v is NOT_JSON for v in values):
+        return "malformed_json"
+    # Numbers past a double's range (1e400) stay numbers here, as in ingestion.
+    if len(json.dumps(event, default=str).encode()) > contract.MAX_EVENT_BYTES:
+        return "oversized_event"
+    return contract.check_event(event)
 
 
 def _transaction_id(event) -> str | None:

@@ -6,6 +6,9 @@ a Kafka topic into tables on S3 (stack profile, in a worker process).
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -13,7 +16,7 @@ import hostile
 from kafka_producer import produce
 from processes import read_tables, run_worker
 
-from workbook import ingest, names, sources
+from workbook import ingest, lakehouse, launcher, names, sources
 
 REPLACEMENT = "\ufffd"  # what make_valid_utf8 puts in place of bytes that are not UTF-8
 DUPLICATE = "duplicate_transaction_id"
@@ -118,3 +121,51 @@ def test_hostile_messages_on_the_stack(s3_prefix, kafka_topic, tmp_path: Path, t
     run_worker(task, tmp_path / "worker.log")
     tables = read_tables({"raw": task["raw"], "quarantine": task["quarantine"]}, tmp_path)
     check(tables["raw"], tables["quarantine"], corpus, pairs, tally, "Kafka messages (stack)")
+
+
+def test_hostile_events_over_http(tally):
+    """The corpus sent to ``POST /transactions``: each event refused with its reason, in one
+    batch, or, when it would break the batch's JSON, as a body of its own (a clear 4xx, or a
+    202 that accepts nothing); no 500, and nothing refused reaches the landing zone."""
+    corpus = hostile.corpus(first=20_000)
+    in_batch, alone = [], []
+    for item in corpus:
+        try:
+            json.loads(item.data.decode("utf-8"))  # Python reads NaN and repeated keys too
+            in_batch.append(item)
+        except ValueError:
+            alone.append(item)
+    landing = Path(lakehouse.location(names.LANDING_ZONE))
+    before = sorted(landing.glob("*")) if landing.exists() else []
+    service = launcher.start_service()
+    try:
+        body = b"[" + b",".join(item.data for item in in_batch) + b"]"
+        status, answer = _post(service.url, body)
+        answers = [_post(service.url, item.data) for item in alone]
+    finally:
+        service.stop()
+    assert status == 202, answer
+    reasons = [e["reason"] for e in answer["events"]]
+    refused_alone = [s in (400, 422) or (s == 202 and a["accepted"] == 0) for s, a in answers]
+    tally.bad_input(
+        "HTTP POST /transactions (local)",
+        fed=len(corpus),
+        quarantined=sum(r == i.reason for r, i in zip(reasons, in_batch, strict=True))
+        + sum(refused_alone),
+    )
+    assert status == 202 and answer["accepted"] == 0
+    assert reasons == [item.reason for item in in_batch]
+    assert all(refused_alone), answers
+    after = sorted(landing.glob("*")) if landing.exists() else []
+    assert after == before, "a refused event reached the landing zone"
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(
+        f"{url}/transactions", body, {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)
