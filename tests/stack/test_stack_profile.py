@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
+from pyspark.sql import functions as F
 
 from workbook import lakehouse, names, registry, services
 from workbook.config import get_settings
@@ -94,3 +95,86 @@ def test_the_champion_is_read_through_the_server_as_mlflow_reads_it():
     assert (found.version, found.run_id) == (str(expected.version), expected.run_id)
     assert found.artifact_uri.startswith("mlflow-artifacts:/"), "artifacts served by the server"
     assert registry.load_scoring_model(names.CHAMPION).version == found.version
+
+
+def test_events_taken_in_over_http_reach_raw_once_through_the_topic(spark):
+    """POST /transactions on the stack: accepted events are produced keyed by transaction
+    id; the same batch sent twice adds them to raw once; a refused one is never produced."""
+    from workbook import ingest, launcher
+
+    raw_path = lakehouse.location(names.RAW_TABLE)
+    raw = spark.read.format("delta").load(raw_path)
+    last = raw.agg({names.TIMESTAMP: "max"}).first()[0]
+    stamp = last.strftime("%Y-%m-%dT%H:%M:%SZ")
+    events = [
+        {
+            names.TRANSACTION_ID: f"TX-HTTP-{i}",
+            names.TIMESTAMP: stamp,
+            names.ACCOUNT_ID: "ACC900000001",
+            names.AMOUNT: 10.0 + i,
+            names.CURRENCY: "EUR",
+        }
+        for i in range(2)
+    ]
+    broken = {**events[0], names.TRANSACTION_ID: "TX-HTTP-BROKEN", names.CURRENCY: "XYZ"}
+    body = json.dumps([*events, broken]).encode()
+    before = end_offsets()
+    service = launcher.start_service()
+    try:
+        answers = []
+        for _ in range(2):
+            request = urllib.request.Request(
+                f"{service.url}/transactions", body, {"Content-Type": "application/json"}
+            )
+            with urllib.request.urlopen(request, timeout=60) as response:
+                assert response.status == 202
+                answers.append(json.load(response))
+    finally:
+        service.stop()
+    assert [e["reason"] for e in answers[0]["events"]] == [None, None, "unknown_currency"]
+    new = messages_since(before)
+    assert sorted(key for key, _ in new) == sorted(2 * [e[names.TRANSACTION_ID] for e in events])
+    ingest.ingest_events(spark)
+    ids = [e[names.TRANSACTION_ID] for e in events]
+    landed = (
+        spark.read.format("delta")
+        .load(raw_path)
+        .filter(F.col(names.TRANSACTION_ID).isin([*ids, broken[names.TRANSACTION_ID]]))
+    )
+    assert sorted(r[0] for r in landed.select(names.TRANSACTION_ID).collect()) == sorted(ids)
+
+
+def end_offsets() -> dict[int, int]:
+    consumer = Consumer(
+        {"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "stack-tests"}
+    )
+    try:
+        topic = consumer.list_topics(names.TRANSACTIONS_TOPIC, timeout=10)
+        return {
+            p: consumer.get_watermark_offsets(
+                TopicPartition(names.TRANSACTIONS_TOPIC, p), timeout=10
+            )[1]
+            for p in topic.topics[names.TRANSACTIONS_TOPIC].partitions
+        }
+    finally:
+        consumer.close()
+
+
+def messages_since(offsets: dict[int, int]) -> list[tuple[str, bytes]]:
+    """(key, value) of every message after ``offsets``, up to the topic's end now."""
+    ends = end_offsets()
+    consumer = Consumer(
+        {"bootstrap.servers": get_settings().kafka_bootstrap_servers, "group.id": "stack-tests"}
+    )
+    found = []
+    try:
+        consumer.assign(
+            [TopicPartition(names.TRANSACTIONS_TOPIC, p, o) for p, o in offsets.items()]
+        )
+        while len(found) < sum(ends[p] - offsets[p] for p in offsets):
+            message = consumer.poll(10)
+            assert message is not None, "a message produced is not in the topic"
+            found.append((message.key().decode(), message.value()))
+    finally:
+        consumer.close()
+    return found
