@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a path: python benchmarks/run.py
 
 from benchmarks import common  # noqa: E402
 
-BENCHMARKS = ("workbook", "lookup", "stream", "registry", "features")
+BENCHMARKS = ("workbook", "lookup", "stream", "registry", "intake", "features")
 HEADLINE_KEYS = (
     "features_rows_per_s",
     "features_ratio_vs_reference",
@@ -36,6 +36,8 @@ HEADLINE_KEYS = (
     "loop_step_last_vs_first",
     "tracking_overhead_share",
     "champion_load_s",
+    "intake_events_per_s",
+    "intake_to_raw_events_per_s",
 )
 # (key, sense, limit) of the targets on the 2-core reference machine.
 TARGETS = (
@@ -153,6 +155,10 @@ def main(argv=None) -> int:
 
                 workbook.ensure_lakehouse()
                 section = registry.run(**({"rounds": 1, "loads": 2} if args.quick else {}))
+            elif name == "intake":
+                from benchmarks import intake
+
+                section = intake.run(session(), **({"n": 5_000} if args.quick else {}))
             else:
                 from benchmarks import features
 
@@ -194,10 +200,11 @@ def draw_plots(details: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    from benchmarks import features, lookup, registry, stream, workbook
+    from benchmarks import features, intake, lookup, registry, stream, workbook
 
     modules = {
         "features": features,
+        "intake": intake,
         "stream": stream,
         "lookup": lookup,
         "registry": registry,

@@ -172,7 +172,9 @@ def produce(
         key = keys[i].encode() if keys else None
         while True:
             try:
-                producer.produce(names.TRANSACTIONS_TOPIC, as_bytes(line), key, on_delivery)
+                producer.produce(
+                    names.TRANSACTIONS_TOPIC, as_bytes(line), key=key, on_delivery=on_delivery
+                )
                 break
             except BufferError:  # the local queue is full: wait for acknowledgements
                 producer.poll(0.5)

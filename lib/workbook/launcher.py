@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 from workbook.config import get_settings
+from workbook.services import ServiceUnavailableError
 from workbook.store import StoreUnavailableError
 
 
@@ -36,6 +37,27 @@ class RunningService:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def post(self, path: str, payload, ok: tuple[int, ...] = (200, 202)):
+        """POST ``payload`` as JSON and return the answer's JSON.
+
+        A 503 (a store or broker behind the service is down) is raised as
+        ``ServiceUnavailableError`` in the service's own words, which name it; another
+        status outside ``ok`` as a ``RuntimeError`` with the answer.
+        """
+        request = urllib.request.Request(
+            self.url + path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                status, body = response.status, response.read()
+        except urllib.error.HTTPError as error:
+            status, body = error.code, error.read()
+        if status == 503:
+            raise ServiceUnavailableError(json.loads(body)["detail"])
+        if status not in ok:
+            raise RuntimeError(f"POST {path}: HTTP {status} {body[:500]!r}")
+        return json.loads(body)
 
     def __enter__(self):
         return self

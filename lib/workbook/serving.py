@@ -27,11 +27,13 @@ import psycopg2.errors
 from fastapi import FastAPI, HTTPException, Request
 from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from workbook import contract, intake, names, scoring, store
 from workbook.config import MissingSettingError, load_dotenv
@@ -344,6 +346,16 @@ def create_app(
     def invalid_request(request, error):
         # The default handler echoes the input, which fails to encode when it holds NaN.
         return JSONResponse({"detail": _finite(jsonable_encoder(error.errors()))}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def not_found(request, error):
+        if error.status_code == 404 and error.detail == "Not Found":  # no route matched
+            path = request.url.path
+            detail = f"no such path: {path}"
+            if path.startswith("/features/"):
+                detail = f"{path[10:]!r} is not an account id ('ACC' and 6 to 9 digits)"
+            return JSONResponse({"detail": detail}, status_code=404)
+        return await http_exception_handler(request, error)
 
     @app.exception_handler(store.StoreUnavailableError)
     def store_unavailable(request, error):

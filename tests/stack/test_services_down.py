@@ -18,7 +18,7 @@ CLOSED = "127.0.0.1:9"  # the discard port: nothing listens on it here
     [
         ("SPARK_MASTER_URL", f"spark://{CLOSED}", "01_ingest", "get_spark(", "Spark standalone"),
         ("S3_ENDPOINT", f"http://{CLOSED}", "01_ingest", "get_spark(", "S3 object storage"),
-        ("KAFKA_BOOTSTRAP_SERVERS", CLOSED, "01_ingest", "sources.publish(", "Kafka"),
+        ("KAFKA_BOOTSTRAP_SERVERS", CLOSED, "01_ingest", "/transactions", "Kafka"),
         ("PGPORT", "9", "05_feature_store", "store.connect(", "PostgreSQL"),
         (
             "MLFLOW_TRACKING_URI",

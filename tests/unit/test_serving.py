@@ -9,6 +9,7 @@ import subprocess
 import sys
 import warnings
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
@@ -16,7 +17,17 @@ import pandas as pd
 import pytest
 from psycopg2.extensions import parse_dsn
 
-from workbook import contract, latency, launcher, names, scoring, serving, simulator, store
+from workbook import (
+    contract,
+    lakehouse,
+    latency,
+    launcher,
+    names,
+    scoring,
+    serving,
+    simulator,
+    store,
+)
 from workbook.config import get_settings
 from workbook.names import FEATURE_COLUMNS, NUMERIC_INPUTS
 
@@ -192,7 +203,23 @@ def test_features_of_an_unknown_account(client):
 
 @pytest.mark.parametrize("account", ["acc000001", "ACC1", "ACC000001x", "ACC0000000001", "42"])
 def test_malformed_account_id(client, account):
-    assert client.get(f"/features/{account}").status_code == 422
+    response = client.get(f"/features/{account}")
+    assert response.status_code == 404  # the route takes account ids only
+    assert "not an account id" in response.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "0001-01-01T00:00:00Z",
+        "1999-12-31T23:59:59Z",
+        "9999-12-31T23:59:59+14:00",
+        "2099-01-01T00:00:00Z",
+    ],
+)
+def test_a_timestamp_far_off_is_refused_before_any_date_arithmetic(client, timestamp):
+    response = client.post("/score", json=transaction(timestamp=timestamp))
+    assert response.status_code == 422
 
 
 def test_features_of_several_accounts_in_one_request(client):
@@ -402,3 +429,37 @@ print(json.dumps([answer.status_code, sorted(m for m in sys.modules if m.startsw
     status, loaded = json.loads(result.stdout.splitlines()[-1])
     assert status == 200, "the probe must really score"
     assert loaded == []
+
+
+# -- the ingestion edge: POST /transactions -----------------------------------------------------
+
+
+def test_a_batch_is_taken_in_once_and_its_refused_events_never_land(client):
+    landing = Path(lakehouse.location(names.LANDING_ZONE))
+    before = set(landing.glob("*.jsonl")) if landing.exists() else set()
+    good = transaction(transaction_id="TX-EDGE-1")
+    batch = [good, transaction(transaction_id="TX-EDGE-2", currency="XYZ"), "not an event"]
+    answers = [client.post("/transactions", json=batch) for _ in range(2)]
+    assert [a.status_code for a in answers] == [202, 202]
+    body = answers[0].json()
+    assert (body["accepted"], body["refused"]) == (1, 2)
+    assert [(e["transaction_id"], e["accepted"], e["reason"]) for e in body["events"]] == [
+        ("TX-EDGE-1", True, None),
+        ("TX-EDGE-2", False, "unknown_currency"),
+        (None, False, "malformed_json"),
+    ]
+    new = set(landing.glob("*.jsonl")) - before
+    assert len(new) == 1, "the same batch sent twice lands once"
+    assert [json.loads(line) for line in new.pop().read_text().splitlines()] == [good]
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [(b"\xff", 400), (b"{", 400), (b'{"events": []}', 422), (b"[]", 422)],
+)
+def test_a_body_that_is_not_a_batch_gets_a_clear_4xx(client, body, status):
+    response = client.post(
+        "/transactions", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == status
+    assert response.json()["detail"]
