@@ -25,6 +25,14 @@ from workbook.contract import (
 from workbook.lakehouse import ensure_table, merge_new_rows
 
 TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss[.SSSSSS]XXX"  # contract.TIMESTAMP_PATTERN's instants
+# The types a field's value is read as, and the names schema_of_variant gives JSON numbers.
+SPARK_TYPES = {
+    contract.TEXT: "string",
+    contract.TIMESTAMP: "string",
+    contract.NUMBER: "double",
+    contract.BOOLEAN: "boolean",
+}
+NUMBER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE")
 
 RAW_SCHEMA = T.StructType(
     [
@@ -70,9 +78,6 @@ def _has_kind(json_type: Column, kind: str) -> Column:
     if kind == contract.NUMBER:
         return json_type.isin(*NUMBER_TYPES) | json_type.startswith("DECIMAL")
     return json_type == ("BOOLEAN" if kind == contract.BOOLEAN else "STRING")
-
-
-NUMBER_TYPES = ("TINYINT", "SMALLINT", "INT", "BIGINT", "FLOAT", "DOUBLE")
 
 
 def parse_and_validate(events: DataFrame) -> DataFrame:
@@ -122,7 +127,8 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
             f"invalid_{f.name}": ~value[f.name].rlike(contract.full_match(f.pattern))
             for f in contract.PATTERNED_FIELDS
         },
-        "invalid_amount": ~((amount > 0) & (amount <= MAX_AMOUNT)),  # NaN > 0 is true in Spark
+        # NaN is the largest double in Spark: the upper bound refuses it.
+        "invalid_amount": ~((amount > 0) & (amount <= MAX_AMOUNT)),
         "unknown_currency": ~value[names.CURRENCY].isin(*KNOWN_CURRENCIES),
         "invalid_timestamp": ~value[names.TIMESTAMP].rlike(
             contract.full_match(contract.TIMESTAMP_PATTERN)
@@ -138,14 +144,6 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
         *[as_typed[f].alias(f) for f in EVENT_FIELDS],
         _first_failure([(r, rule[r]) for r in contract.STATELESS]).alias(names.REASON),
     )
-
-
-SPARK_TYPES = {
-    contract.TEXT: "string",
-    contract.TIMESTAMP: "string",
-    contract.NUMBER: "double",
-    contract.BOOLEAN: "boolean",
-}
 
 
 def data_clock(checked: DataFrame, raw: DataFrame):

@@ -1,4 +1,5 @@
-"""The ingestion edge: where accepted events go, the same way the simulator sends its days.
+"""The ingestion edge behind ``POST /transactions``: a batch read, judged by the contract
+event by event, and its accepted events sent where the simulator sends its days.
 
 On the local profile a batch lands as a JSON-lines file in the landing zone, named after
 its content, so the same batch sent twice is one file; on the stack its events are produced
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -187,14 +189,32 @@ def produce(
         )
 
 
-class Sink:
-    """Where ``POST /transactions`` puts the events it accepts, for the active profile."""
+class Edge:
+    """The ingestion edge behind ``POST /transactions``, for the active profile.
+
+    It judges a batch by the contract and sends the accepted events where the simulator
+    sends its days, one batch at a time; it keeps the data's clock it has seen so far (the
+    newest accepted event time) for ``late_event``.
+    """
 
     def __init__(self):
         self.profile = get_settings().profile
+        self.clock: datetime | None = None
         self._producer = None
+        self._lock = threading.Lock()
 
-    def send(self, lines: list[str], keys: list[str]) -> None:
+    def take_in(self, events: list) -> list[Outcome]:
+        with self._lock:
+            outcomes, lines = judge(events, self.clock)
+            accepted = [o for o in outcomes if o.reason is None]
+            self._send(lines, [o.transaction_id for o in accepted])
+            instants = [
+                contract.parse_timestamp(events[o.index][names.TIMESTAMP]) for o in accepted
+            ]
+            self.clock = max([*instants, *([self.clock] if self.clock else [])], default=None)
+            return outcomes
+
+    def _send(self, lines: list[str], keys: list[str]) -> None:
         if not lines:
             return
         if self.profile == "stack":
@@ -202,6 +222,7 @@ class Sink:
                 self._producer = producer()
             produce(self._producer, lines, keys)
             return
+        # Named after its content: the same batch sent again is the same file.
         digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:24]
         landing = Path(lakehouse.location(names.LANDING_ZONE))
         land_lines(landing / f"transactions-api-{digest}.jsonl", lines)

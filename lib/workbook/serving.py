@@ -229,8 +229,7 @@ class Service:
         self._model: scoring.ScoringModel | None = None
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
-        self._sink: intake.Sink | None = None
-        self._clock = None  # the newest event time taken in: the data's clock, as seen here
+        self._edge: intake.Edge | None = None
 
     def open(self) -> None:
         for attempt in (self.store, self.model):
@@ -294,21 +293,14 @@ class Service:
                 log.warning("model watcher: %s", error)
 
     def take_in(self, events: list) -> list[intake.Outcome]:
-        """Judge a batch by the contract and send its accepted events on (``intake.Sink``)."""
-        with self._lock:  # one batch at a time: the clock moves in order
-            outcomes, lines = intake.judge(events, self._clock)
-            if self._sink is None:
-                self._sink = intake.Sink()
-            try:
-                self._sink.send(lines, [o.transaction_id for o in outcomes if o.reason is None])
-            except ServiceUnavailableError as error:
-                raise HTTPException(503, str(error)) from None
-            taken = [events[o.index][names.TIMESTAMP] for o in outcomes if o.reason is None]
-            self._clock = max(
-                [*map(contract.parse_timestamp, taken), *([self._clock] if self._clock else [])],
-                default=None,
-            )
-            return outcomes
+        """Judge a batch by the contract and send its accepted events on (``intake.Edge``)."""
+        with self._lock:
+            if self._edge is None:
+                self._edge = intake.Edge()
+        try:
+            return self._edge.take_in(events)
+        except ServiceUnavailableError as error:  # the broker is down: named, with the fix
+            raise HTTPException(503, str(error)) from None
 
     def close(self) -> None:
         self._stop.set()
