@@ -108,6 +108,18 @@ class DayReport:
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "day": str(self.day)}, default=str)
 
+    def summary(self) -> str:
+        """The day in one line: what was scored, the strongest drift, the labels that came."""
+        labels = f"labels of {self.labels_of or '-'}"
+        if not self.predictions:
+            return f"{self.day}: nothing scored (no valid transaction), {labels}"
+        strongest = max(self.drift, key=self.drift.get)
+        name = strongest.removeprefix(monitoring.PSI_PREFIX)
+        return (
+            f"{self.day}: {self.predictions:,} scored by version {self.scored_by}, "
+            f"top PSI {name} {self.drift[strongest]:.2f}, {labels}"
+        )
+
 
 def world(spark: SparkSession, settings: LoopSettings) -> SimulationConfig:
     """The simulated period of 01, continued with the settings' drift scenario."""

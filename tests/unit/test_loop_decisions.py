@@ -75,3 +75,19 @@ def test_labels_that_never_arrive_are_named(spark):
     drift = {"psi:amount_log": 0.3, "psi:category": 0.4}
     retrain, reason = decided(spark, drift, day=date(2031, 4, 1), **lost)  # no recent challenger
     assert retrain and "the labels of 2031-03-07 have not arrived" in reason
+
+
+def test_a_day_is_summed_up_in_one_line_even_without_transactions():
+    scored = loop.DayReport(
+        date(2031, 3, 10),
+        predictions=6700,
+        scored_by="2",
+        drift={"psi:amount_log": 0.31, "psi:amount_vs_30d_avg": 0.05},
+    )
+    assert scored.summary() == (
+        "2031-03-10: 6,700 scored by version 2, top PSI amount_log 0.31, labels of -"
+    )
+    empty = loop.DayReport(date(2031, 3, 11), labels_of="2031-03-08")
+    assert (
+        empty.summary() == "2031-03-11: nothing scored (no valid transaction), labels of 2031-03-08"
+    )
