@@ -8,20 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
+from test_validation import GOOD
 
 from workbook import contract, ingest, intake, names, serving, simulator
 
-VALID = {
-    names.TRANSACTION_ID: "TX20250102-0000001",
-    names.TIMESTAMP: "2025-01-02T03:04:05Z",
-    names.ACCOUNT_ID: "ACC000001",
-    names.AMOUNT: 12.5,
-    names.CURRENCY: "EUR",
-    names.TRANSACTION_TYPE: "purchase",
-    names.MERCHANT_ID: "M000001",
-    names.CATEGORY: "retail",
-    names.IS_FLAGGED: False,
-}
+VALID = GOOD  # a valid event, all nine fields
 VALID_LINES = [
     json.dumps(VALID),
     json.dumps({k: VALID[k] for k in contract.REQUIRED_FIELDS}),
