@@ -17,6 +17,7 @@ from kafka_producer import produce, producer
 from processes import Worker, kill_mid_run, list_names, read_tables, run_worker, wait_until
 
 from workbook import names, simulator
+from workbook.intake import as_bytes
 from workbook.simulator import SimulationConfig
 
 EVENTS = SimulationConfig(n_transactions=2400, days=6, n_accounts=120, malformed_share=0.01)
@@ -44,7 +45,7 @@ def test_kafka_broker_restart_while_producing_then_ingestion_killed(
 
         def send_each_day() -> None:
             for lines in days:
-                failures.extend(produce(kafka_topic, [t.encode() for t in lines], client))
+                failures.extend(produce(kafka_topic, [as_bytes(t) for t in lines], client))
                 sent_days.release()
                 time.sleep(0.5)
 
