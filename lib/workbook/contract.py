@@ -89,13 +89,12 @@ MAX_LATENESS = timedelta(days=366)
 class Rule:
     reason: str  # the quarantine's reason, and the service's
     refuses: str  # when, in words
-    field: str | None = None  # the field a per-field rule is about
 
 
 def _rules() -> tuple[Rule, ...]:
     """Every rule, in the order they are applied: an event's reason is the first it breaks."""
     per_pattern = [
-        Rule(f"invalid_{f.name}", f"{f.name} is not {f.description.split(', unique')[0]}", f.name)
+        Rule(f"invalid_{f.name}", f"{f.name} is not {f.description.split(', unique')[0]}")
         for f in PATTERNED_FIELDS
     ]
     return (
@@ -146,18 +145,18 @@ def full_match(pattern: str) -> str:
 # -- the rules in plain Python ----------------------------------------------------------------
 
 
-class _NotJson(ValueError):
+class _NotStrictJson(ValueError):
     pass
 
 
 def _refuse_constant(token: str):
-    raise _NotJson(f"{token} is not JSON")
+    raise _NotStrictJson(f"{token} is not JSON")
 
 
 def _no_repeated_keys(pairs):
     keys = [k for k, _ in pairs]
     if len(set(keys)) != len(keys):
-        raise _NotJson("a key is repeated")
+        raise _NotStrictJson("a key is repeated")
     return dict(pairs)
 
 

@@ -37,7 +37,11 @@ class _Repeated(dict):
     """A JSON object that repeated a key: the contract refuses it as malformed JSON."""
 
 
-NOT_JSON = type("NotJson", (), {"__repr__": lambda self: "NaN or Infinity"})()
+class _NotJson:
+    """NaN or Infinity in a body: Python reads them, but JSON has no such numbers."""
+
+
+NOT_JSON = _NotJson()
 
 
 def _object(pairs):
