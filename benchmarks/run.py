@@ -38,6 +38,7 @@ HEADLINE_KEYS = (
     "champion_load_s",
     "intake_events_per_s",
     "intake_to_raw_events_per_s",
+    "intake_to_topic_events_per_s",
 )
 # (key, sense, limit) of the targets on the 2-core reference machine.
 TARGETS = (

@@ -165,9 +165,13 @@ def producer():
 
 
 def produce(
-    producer, lines: list[str | bytes], keys: list[str] | None = None, what: str = ""
+    producer,
+    lines: list[str | bytes],
+    keys: list[str] | None = None,
+    what: str = "",
+    topic: str = names.TRANSACTIONS_TOPIC,
 ) -> None:
-    """Produce ``lines`` to the transactions topic and wait until the broker has them all."""
+    """Produce ``lines`` to ``topic`` and wait until the broker has them all."""
     failures: list[str] = []
 
     def on_delivery(error, _message) -> None:
@@ -178,9 +182,7 @@ def produce(
         key = keys[i].encode() if keys else None
         while True:
             try:
-                producer.produce(
-                    names.TRANSACTIONS_TOPIC, as_bytes(line), key=key, on_delivery=on_delivery
-                )
+                producer.produce(topic, as_bytes(line), key=key, on_delivery=on_delivery)
                 break
             except BufferError:  # the local queue is full: wait for acknowledgements
                 producer.poll(0.5)
@@ -201,8 +203,9 @@ class Edge:
     newest accepted event time) for ``late_event``.
     """
 
-    def __init__(self):
-        self.profile = get_settings().profile
+    def __init__(self, profile: str | None = None, topic: str = names.TRANSACTIONS_TOPIC):
+        self.profile = profile or get_settings().profile
+        self.topic = topic  # on the stack (a benchmark uses a topic of its own)
         self.clock: datetime | None = None
         self._producer = None
         self._lock = threading.Lock()
@@ -224,7 +227,7 @@ class Edge:
         if self.profile == "stack":
             if self._producer is None:
                 self._producer = producer()
-            produce(self._producer, lines, keys)
+            produce(self._producer, lines, keys, topic=self.topic)
             return
         # Named after its content: the same batch sent again is the same file.
         digest = hashlib.sha256("\n".join(lines).encode()).hexdigest()[:24]
