@@ -127,8 +127,9 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
             f"invalid_{f.name}": ~value[f.name].rlike(contract.full_match(f.pattern))
             for f in contract.PATTERNED_FIELDS
         },
+        # An amount that does not read as a double is refused too, not let through as null;
         # NaN is the largest double in Spark: the upper bound refuses it.
-        "invalid_amount": ~((amount > 0) & (amount <= MAX_AMOUNT)),
+        "invalid_amount": ~F.coalesce((amount > 0) & (amount <= MAX_AMOUNT), F.lit(False)),
         "unknown_currency": ~value[names.CURRENCY].isin(*KNOWN_CURRENCIES),
         "invalid_timestamp": ~value[names.TIMESTAMP].rlike(
             contract.full_match(contract.TIMESTAMP_PATTERN)
