@@ -130,6 +130,7 @@ def _rules() -> tuple[Rule, ...]:
 
 RULES = _rules()
 REASONS = tuple(r.reason for r in RULES)
+REFUSES = {r.reason: r.refuses for r in RULES}  # reason -> when, in words
 # Judged from the event alone (and the wall clock): every part can apply them.
 STATELESS = tuple(r for r in REASONS if r not in ("late_event", "duplicate_transaction_id"))
 
@@ -145,24 +146,32 @@ def full_match(pattern: str) -> str:
 # -- the rules in plain Python ----------------------------------------------------------------
 
 
-class _NotStrictJson(ValueError):
-    pass
+class _Repeated(dict):
+    """A JSON object that repeated a key: RFC 8259 leaves its meaning open; refused."""
 
 
-def _refuse_constant(token: str):
-    raise _NotStrictJson(f"{token} is not JSON")
+class _NotJson:
+    """NaN or Infinity: Python reads them, but JSON has no such numbers."""
 
 
-def _no_repeated_keys(pairs):
+NOT_JSON = _NotJson()
+
+
+def _object(pairs):
     keys = [k for k, _ in pairs]
-    if len(set(keys)) != len(keys):
-        raise _NotStrictJson("a key is repeated")
-    return dict(pairs)
+    return (_Repeated if len(set(keys)) != len(keys) else dict)(pairs)
 
 
-def parse_strict(text: str | bytes):
-    """JSON as RFC 8259 has it: no NaN or Infinity, no repeated keys (``ValueError`` if not)."""
-    return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_no_repeated_keys)
+def read_json(text: str | bytes):
+    """JSON read as Python reads it, but what RFC 8259 does not allow marked for
+    ``check_event`` to refuse: an object that repeats a key, NaN and Infinity. A batch of
+    events can so be read whole, and each judged on its own (``ValueError`` if not JSON)."""
+    return json.loads(text, parse_constant=lambda _: NOT_JSON, object_pairs_hook=_object)
+
+
+def _not_strict(event) -> bool:
+    values = event.values() if isinstance(event, dict) else [event]
+    return isinstance(event, _Repeated) or any(v is NOT_JSON for v in values)
 
 
 def parse_timestamp(text: str) -> datetime | None:
@@ -204,15 +213,15 @@ def check(line: str | bytes, clock: datetime | None = None) -> str | None:
     except UnicodeDecodeError:
         return "invalid_encoding"
     try:
-        event = parse_strict(text)
-    except ValueError:
+        event = read_json(text)
+    except (ValueError, RecursionError):
         return "malformed_json"
     return check_event(event, clock)
 
 
 def check_event(event, clock: datetime | None = None) -> str | None:
-    """``check`` for an event already parsed (strictly) from JSON."""
-    if not isinstance(event, dict):
+    """``check`` for an event already parsed from JSON (by ``read_json``)."""
+    if not isinstance(event, dict) or _not_strict(event):
         return "malformed_json"
     if set(event) - set(EVENT_FIELDS):
         return "unknown_field"
@@ -229,16 +238,27 @@ def check_event(event, clock: datetime | None = None) -> str | None:
         return "invalid_amount"
     if event[names.CURRENCY] not in KNOWN_CURRENCIES:
         return "unknown_currency"
-    when = parse_timestamp(event[names.TIMESTAMP])
+    refused = timestamp_reason(event[names.TIMESTAMP])
+    if refused is None and clock is not None and is_late(event[names.TIMESTAMP], clock):
+        return "late_event"
+    return refused
+
+
+def timestamp_reason(text: str) -> str | None:
+    """Why a timestamp (a string) is refused by itself: invalid, ancient or in the future."""
+    when = parse_timestamp(text)
     if when is None:
         return "invalid_timestamp"
     if when < EARLIEST_TIMESTAMP:
         return "ancient_timestamp"
     if when > datetime.now(UTC):
         return "future_timestamp"
-    if clock is not None and when < clock - MAX_LATENESS:
-        return "late_event"
     return None
+
+
+def is_late(text: str, clock: datetime) -> bool:
+    """Whether a valid timestamp is more than ``MAX_LATENESS`` before the data's ``clock``."""
+    return parse_timestamp(text) < clock - MAX_LATENESS
 
 
 # -- examples: one event that breaks each rule, and only it ----------------------------------

@@ -20,7 +20,7 @@ import signal
 import threading
 from contextlib import asynccontextmanager
 from dataclasses import asdict
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Annotated, Literal
 
 import psycopg2.errors
@@ -46,13 +46,9 @@ log = logging.getLogger("workbook.serving")
 
 def _instant(text: str) -> str:
     """Refuse a timestamp as the contract refuses it (the pattern has checked its form)."""
-    when = contract.parse_timestamp(text)
-    if when is None:
-        raise ValueError("invalid_timestamp: not a day and time that exist")
-    if when < contract.EARLIEST_TIMESTAMP:
-        raise ValueError(f"ancient_timestamp: before {contract.EARLIEST_TIMESTAMP:%Y-%m-%d}")
-    if when > datetime.now(UTC):
-        raise ValueError("future_timestamp: later than now")
+    refused = contract.timestamp_reason(text)
+    if refused is not None:
+        raise ValueError(f"{refused}: {contract.REFUSES[refused]}")
     return text
 
 
