@@ -15,7 +15,7 @@ NBVAL := --nbval notebooks --ignore=notebooks/06_monitor_retrain.ipynb \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
-	catch-up learner-copies \
+	catch-up learner-copies stop-postgres \
 	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -86,8 +86,13 @@ bench: setup  ## benchmarks -> benchmarks/results/latest.json and plots (ARGS="-
 jars: setup  ## fetch the Spark packages into the local Ivy cache, to work offline afterwards
 	$(BIN)/python -m workbook.spark
 
+# The local PostgreSQL the notebooks start stops when JupyterLab does (Ctrl-C included: the
+# shell handles INT, so it outlives JupyterLab and runs its EXIT trap).
 lab: setup  ## open the notebooks in JupyterLab
-	$(BIN)/jupyter lab notebooks
+	trap '$(MAKE) --no-print-directory stop-postgres' EXIT; trap : INT; $(BIN)/jupyter lab notebooks
+
+stop-postgres:  ## stop the local profile's PostgreSQL (the next notebook that needs it starts it)
+	@test ! -x $(BIN)/python || $(BIN)/python -m workbook.local_postgres stop
 
 lint: setup
 	$(BIN)/ruff check lib tests notebooks benchmarks conftest.py
@@ -97,7 +102,7 @@ format: setup
 	$(BIN)/ruff check --fix lib tests notebooks benchmarks conftest.py
 	$(BIN)/ruff format lib tests notebooks benchmarks conftest.py
 
-reset:  ## delete the local lakehouse (tables, checkpoints, landed events, registry) and the local database
+reset: stop-postgres  ## delete the local lakehouse (tables, checkpoints, landed events, registry) and the local database
 	rm -rf lakehouse
 
 clean: reset

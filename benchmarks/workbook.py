@@ -10,14 +10,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks import common
+from workbook import local_postgres
 
 TARGET_WALL_S = 360.0  # 01 to 06, 06 running its 14 days
 TARGET_PEAK_MB = 4096
@@ -33,31 +32,9 @@ SESSION_VARIABLES = (
 
 
 def stop_postgres(lake: Path) -> None:
-    """Stop the embedded PostgreSQL that serves this lakehouse, if it still runs.
-
-    pgserver leaves it running while any process that used it may come back; the benchmark
-    lakehouse is ours, so its server is stopped before the lakehouse is replaced and at the end.
-
-    Its process id is the first line of postmaster.pid; SIGTERM is PostgreSQL's smart shutdown.
-    """
-    pid_file = lake / "_postgres" / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split()[0])
-        command_line = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (OSError, ValueError, IndexError):
-        return  # no server, or it is gone already
-    if b"postgres" not in command_line or str(lake).encode() not in command_line:
-        return  # the id now belongs to another process
-    os.kill(pid, signal.SIGTERM)
-    common.progress(f"stopping PostgreSQL (pid {pid}) of the benchmark lakehouse")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"PostgreSQL (pid {pid}) on {lake}/_postgres did not stop")
+    """Stop the PostgreSQL of the benchmark lakehouse before the lakehouse is replaced."""
+    if local_postgres.stop(lake / "_postgres"):
+        common.progress("stopped PostgreSQL of the benchmark lakehouse")
 
 
 def run_workbook(args: tuple[str, ...] = ()) -> tuple[float, Path]:

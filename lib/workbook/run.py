@@ -24,7 +24,8 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from workbook.config import REPO_ROOT
+from workbook import local_postgres
+from workbook.config import REPO_ROOT, get_settings
 from workbook.report import REPORT_ENV
 
 NOTEBOOKS = (
@@ -174,6 +175,18 @@ def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dic
     }
 
 
+@contextlib.contextmanager
+def local_postgres_stopped_at_the_end():
+    """The run starts the local PostgreSQL (05); it ends with the run, and starts again with
+    the next notebook or service that needs it."""
+    try:
+        yield
+    finally:
+        settings = get_settings()
+        if settings.profile == "local" and local_postgres.stop(settings.postgres_dir):
+            print(f"Stopped the local PostgreSQL ({settings.postgres_dir})")
+
+
 def main(argv=None) -> int:
     import papermill
     from papermill.exceptions import PapermillExecutionError
@@ -197,7 +210,11 @@ def main(argv=None) -> int:
         selected = [n for n in selected if n < args.until]
         print(f"Catching up to {args.until}: {', '.join(selected) or 'nothing to run'}")
     print(f"Running {len(selected)} notebooks; outputs in {run_dir}", flush=True)
-    with PeakMemory() as memory, kernels(shared=not args.kernel_per_notebook) as kernel_for:
+    with (
+        local_postgres_stopped_at_the_end(),
+        PeakMemory() as memory,
+        kernels(shared=not args.kernel_per_notebook) as kernel_for,
+    ):
         for i, name in enumerate(selected, 1):
             source = NOTEBOOK_DIR / f"{name}.ipynb"
             executed = run_dir / f"{name}.ipynb"

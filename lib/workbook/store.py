@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import os
 import threading
-import warnings
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -22,7 +21,7 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 from psycopg2.pool import ThreadedConnectionPool
 
-from workbook import names
+from workbook import local_postgres, names
 from workbook.config import get_settings, required
 
 if TYPE_CHECKING:  # pandas is for the writer and tools; lookups (the service) need none
@@ -55,14 +54,8 @@ def _column_types() -> dict[str, str]:
     }
 
 
-def _local_server():
-    settings = get_settings()
-    settings.postgres_dir.mkdir(parents=True, exist_ok=True)
-    with warnings.catch_warnings():  # pgserver's platformdirs warns when XDG_RUNTIME_DIR is unset
-        warnings.simplefilter("ignore")
-        import pgserver
-
-        return pgserver.get_server(settings.postgres_dir, cleanup_mode="stop")
+def _local_server() -> local_postgres.Server:
+    return local_postgres.ensure_running(get_settings().postgres_dir)
 
 
 def dsn(role: str = WRITER) -> str:
@@ -76,9 +69,9 @@ def dsn(role: str = WRITER) -> str:
     if get_settings().profile == "local":
         server = _local_server()
         if role == WRITER:
-            return server.get_uri()
+            return server.uri()
         _prepare_local_reader(server)
-        return server.get_postmaster_info().get_uri(user=LOCAL_READER_ROLE, database="postgres")
+        return server.uri(user=LOCAL_READER_ROLE)
     user, password = ROLE_VARIABLES[role]
     return make_dsn(
         host=required("PGHOST"),

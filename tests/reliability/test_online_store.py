@@ -16,7 +16,8 @@ import pandas as pd
 import pytest
 import stack_services
 
-from workbook import names, store
+from workbook import local_postgres, names, store
+from workbook.config import get_settings
 
 pytestmark = pytest.mark.postgres
 
@@ -153,19 +154,14 @@ def stop_postgres(profile: str) -> None:
     if profile == "stack":
         stack_services.stop("postgres")
         return
-    from pgserver._commands import pg_ctl
-
-    server = store._local_server()
-    pg_ctl(["-m", "immediate", "-w", "stop"], pgdata=server.pgdata, user=server.system_user)
+    local_postgres.stop(get_settings().postgres_dir, mode="immediate")
 
 
 def start_postgres(profile: str) -> None:
     if profile == "stack":
         stack_services.start()
         return
-    server = store._local_server()
-    with server._lock:
-        server.ensure_postgres_running()
+    local_postgres.ensure_running(get_settings().postgres_dir)
 
 
 def wait_for(clients: Clients, outcome: str, since: float, timeout: float) -> float:

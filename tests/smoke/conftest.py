@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from workbook import local_postgres
+
 ROWS, DAYS, SEED = 50_000, 14, 42
 LOOP_DAYS, DRIFT_FROM_DAY, LABEL_DELAY = 3, 1, 1
 
@@ -23,6 +25,7 @@ LOOP_DAYS, DRIFT_FROM_DAY, LABEL_DELAY = 3, 1, 1
 class WorkbookRun:
     lakehouse: Path
     summary: dict
+    servers_left: tuple = ()  # embedded PostgreSQL servers still running when the run ended
 
     def environment(self) -> dict[str, str]:
         return {
@@ -45,4 +48,5 @@ def workbook_run(tmp_path_factory) -> WorkbookRun:
         command, env=done.environment(), capture_output=True, text=True, timeout=1200
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return WorkbookRun(lakehouse, json.loads((runs / "latest" / "summary.json").read_text()))
+    summary = json.loads((runs / "latest" / "summary.json").read_text())
+    return WorkbookRun(lakehouse, summary, tuple(local_postgres.servers_under(lakehouse)))

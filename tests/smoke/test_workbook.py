@@ -54,3 +54,8 @@ def test_every_notebook_ran_and_was_timed(summary):
         "drift_from_day": DRIFT_FROM_DAY,
         "label_delay_days": LABEL_DELAY,
     }
+
+
+def test_the_run_leaves_no_server_behind(workbook_run):
+    assert (workbook_run.lakehouse / "_postgres" / "PG_VERSION").exists(), "05 used the store"
+    assert workbook_run.servers_left == ()
