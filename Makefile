@@ -15,7 +15,7 @@ NBVAL := --nbval notebooks --ignore=notebooks/06_monitor_retrain.ipynb \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
-	catch-up learner-copies stop-postgres \
+	catch-up learner-copies stop-postgres setup-offline bundle \
 	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -34,6 +34,19 @@ $(MLFLOW_INSTALLED): stack/mlflow/requirements.txt
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet -r stack/mlflow/requirements.txt
 	touch $@
+
+# From a bundle (make bundle) on a machine without network: wheels and Spark's jars from it.
+setup-offline:  ## install from an offline bundle: make setup-offline BUNDLE=/path/to/bundle
+	@test -d "$(BUNDLE)/wheels" || { echo "name a folder made by make bundle: make setup-offline BUNDLE=/path/to/bundle"; exit 2; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-index --find-links "$(BUNDLE)/wheels" -e ".[dev]"
+	$(BIN)/python -c "from workbook.spark import check_java; check_java()"
+	grep -qs '^WORKBOOK_SPARK_JARS=' .env || echo "WORKBOOK_SPARK_JARS=$(abspath $(BUNDLE))/jars" >> .env
+	touch $(INSTALLED)
+
+# PLATFORMS: any of linux-x86_64 linux-aarch64 macos-arm64 macos-x86_64 (default: this one).
+bundle: setup  ## the offline bundle for a workshop: bundle/ and bundle.tar (PLATFORMS="...")
+	$(BIN)/python -m workbook.bundle $(if $(PLATFORMS),--platforms $(PLATFORMS)) $(ARGS)
 
 mlflow-env: $(MLFLOW_INSTALLED)  ## create .venv-mlflow with the MLflow server (for mlflow-ui and the native stack)
 

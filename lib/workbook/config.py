@@ -40,6 +40,7 @@ class Settings:
     driver_memory: str
     executor_memory: str
     jvm_options: str
+    spark_jars: Path | None = None  # an offline bundle's jars/ (make bundle), else Maven
 
     def location(self, table: tuple[str, str]) -> str:
         """Where a (bucket, name) location lives in this profile."""
@@ -94,6 +95,7 @@ def get_settings() -> Settings:
         # compiler's warm-up costs more CPU than it saves here (measured: 45 s -> 20 s).
         # A long-lived JVM (a test session, the runner's shared kernel) generates much code:
         # a larger code cache keeps it from running out ("Out of space in CodeCache").
+        spark_jars=Path(jars) if (jars := os.environ.get("WORKBOOK_SPARK_JARS")) else None,
         jvm_options=os.environ.get(
             "WORKBOOK_JVM_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
         ),

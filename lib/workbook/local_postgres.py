@@ -208,9 +208,9 @@ def ensure_running(pgdata: Path) -> Server:
         if server := _postmaster(pgdata):
             return server
         bindir, user = bin_dir(), _os_user()
+        pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
+        _give_to(pgdata, user)  # each time: a parent folder may have been made private since
         if not (pgdata / "PG_VERSION").exists():
-            pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
-            _give_to(pgdata, user)
             _run(bindir, ["initdb", "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust",
                           "--encoding=UTF8", "--no-instructions"], user)  # fmt: skip
         _check_version(pgdata, bindir)

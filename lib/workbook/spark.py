@@ -79,12 +79,29 @@ def _jvm_output_to(log_path: Path):
                 os.close(fd)
 
 
+def jar_conf(settings: Settings) -> dict[str, str]:
+    """The profile's packages from Maven Central (Ivy caches them), or, with
+    WORKBOOK_SPARK_JARS, the files of an offline bundle: nothing to resolve."""
+    if settings.spark_jars is None:
+        return {"spark.jars.packages": ",".join(PACKAGES[settings.profile])}
+    listed = settings.spark_jars / f"{settings.profile}.txt"
+    if not listed.is_file():
+        raise FileNotFoundError(
+            f"WORKBOOK_SPARK_JARS={settings.spark_jars} has no {listed.name}: point it at the "
+            "jars/ folder of a bundle made by `make bundle`, or unset it to fetch from Maven."
+        )
+    jars = [settings.spark_jars / name for name in listed.read_text().split()]
+    if missing := [j.name for j in jars if not j.is_file()]:
+        raise FileNotFoundError(f"{settings.spark_jars} lacks {', '.join(missing)}")
+    return {"spark.jars": ",".join(map(str, jars))}
+
+
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} {settings.jvm_options}"
     return {
         "spark.app.name": app_name,
         "spark.master": settings.spark_master,
-        "spark.jars.packages": ",".join(PACKAGES[settings.profile]),
+        **jar_conf(settings),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.session.timeZone": "UTC",
