@@ -125,26 +125,33 @@ def download(name: str, wheels: Path) -> int:
     return len(resolved)
 
 
+# Spark resolves --packages when its JVM starts: one fresh process per profile.
+_RESOLVE = """
+import sys
+from pathlib import Path
+from pyspark.sql import SparkSession
+from workbook.spark import _jvm_output_to
+with _jvm_output_to(Path(sys.argv[2])):  # Ivy's report, not the console's
+    builder = SparkSession.builder.master("local[1]")
+    spark = builder.config("spark.jars.packages", sys.argv[1]).getOrCreate()
+print(spark.conf.get("spark.jars"))
+"""
+
+
 def collect_jars(jars: Path) -> dict[str, list[str]]:
     """Resolve each profile's Spark packages once, copy the jars, list them per profile."""
-    from pyspark.sql import SparkSession
-
     from workbook.spark import PACKAGES, check_java
 
     check_java()
     jars.mkdir(parents=True, exist_ok=True)
     lists = {}
     for profile, packages in PACKAGES.items():
-        spark = (
-            SparkSession.builder.master("local[1]")
-            .config("spark.jars.packages", ",".join(packages))
-            .getOrCreate()
-        )
-        resolved = [u.removeprefix("file://") for u in spark.conf.get("spark.jars").split(",")]
-        spark.stop()
-        for jar in map(Path, resolved):
+        command = [sys.executable, "-c", _RESOLVE, ",".join(packages), str(jars / "resolved.log")]
+        urls = _run(command, f"resolving the {profile} profile's jars").stdout.split()[-1]
+        resolved = [Path(u.removeprefix("file://")) for u in urls.split(",")]
+        for jar in resolved:
             shutil.copy2(jar, jars / jar.name)
-        lists[profile] = sorted(Path(j).name for j in resolved)
+        lists[profile] = sorted(jar.name for jar in resolved)
         (jars / f"{profile}.txt").write_text("\n".join(lists[profile]) + "\n")
     return lists
 

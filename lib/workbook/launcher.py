@@ -49,7 +49,7 @@ class RunningService:
             self.url + path, json.dumps(payload).encode(), {"Content-Type": "application/json"}
         )
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with _DIRECT.open(request, timeout=60) as response:
                 status, body = response.status, response.read()
         except urllib.error.HTTPError as error:
             status, body = error.code, error.read()
@@ -70,6 +70,11 @@ class RunningService:
         return f"RunningService({self.url}, pid {self.process.pid}, {state})"
 
 
+# The service runs on this machine: never through a proxy from HTTP_PROXY (an office's, or
+# none that answers offline).
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
@@ -78,7 +83,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def _health(url: str) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+        with _DIRECT.open(f"{url}/health", timeout=5) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as error:  # 503: the service runs but cannot serve
         return error.code, error.read()
