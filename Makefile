@@ -15,7 +15,7 @@ NBVAL := --nbval notebooks --ignore=notebooks/06_monitor_retrain.ipynb \
 	--nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
-	catch-up learner-copies stop-postgres setup-offline bundle \
+	catch-up learner-copies stop-postgres setup-offline bundle browser test-workshop \
 	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -44,7 +44,8 @@ setup-offline:  ## install from an offline bundle: make setup-offline BUNDLE=/pa
 	grep -qs '^WORKBOOK_SPARK_JARS=' .env || echo "WORKBOOK_SPARK_JARS=$(abspath $(BUNDLE))/jars" >> .env
 	touch $(INSTALLED)
 
-# PLATFORMS: any of linux-x86_64 linux-aarch64 macos-arm64 macos-x86_64 (default: this one).
+# PLATFORMS: any of linux-x86_64 linux-aarch64 macos-arm64 macos-x86_64 (default: this one);
+# the local profile's jars (ARGS="--profiles local stack" adds the stack's).
 bundle: setup  ## the offline bundle for a workshop: bundle/ and bundle.tar (PLATFORMS="...")
 	$(BIN)/python -m workbook.bundle $(if $(PLATFORMS),--platforms $(PLATFORMS)) $(ARGS)
 
@@ -89,6 +90,20 @@ stack-reset: setup  ## empty the stack's buckets, topic and feature tables (Comp
 test-stack: setup stack-reset  ## the stack suite, against running services (make stack-up)
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest $(NBVAL) -q
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
+
+# Debian's Chromium and its driver, for the browser test (root, or sudo, installs them).
+browser:  ## install Debian's chromium for the learner's path test (apt-get)
+	@test -x /usr/bin/chromium || { \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		$$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+			chromium chromium-driver >/dev/null; }
+	@/usr/bin/chromium --version
+
+# The platforms' wheels, the offline bundle installed and run with no network, the learner's
+# path in JupyterLab; prints the figures (bundle size, install time, seconds per notebook).
+test-workshop: setup browser  ## the workshop kit: platforms, offline bundle, JupyterLab in Chromium
+	$(BIN)/python -m pytest tests/workshop -q -s
 
 test-reliability: setup  ## hostile input, killed processes, failing services, secrets; ends with a summary line
 	$(BIN)/python -m pytest tests/reliability -q

@@ -4,7 +4,8 @@
 
 - ``wheels/``: every pinned package (and what it needs) as wheels for each platform, plus
   pyspark, which PyPI publishes as source only, built once into a wheel (pure Python);
-- ``jars/``: the Spark packages each profile needs, resolved once, with a list per profile;
+- ``jars/``: the Spark packages a profile needs (the local one's by default), resolved once,
+  with a list per profile;
 - ``source.tar``: the workbook itself; ``README.md``: the steps.
 
 Installing from it needs no index (``pip install --no-index``); with ``WORKBOOK_SPARK_JARS``
@@ -138,14 +139,15 @@ print(spark.conf.get("spark.jars"))
 """
 
 
-def collect_jars(jars: Path) -> dict[str, list[str]]:
+def collect_jars(jars: Path, profiles: tuple[str, ...]) -> dict[str, list[str]]:
     """Resolve each profile's Spark packages once, copy the jars, list them per profile."""
     from workbook.spark import PACKAGES, check_java
 
     check_java()
     jars.mkdir(parents=True, exist_ok=True)
     lists = {}
-    for profile, packages in PACKAGES.items():
+    for profile in profiles:
+        packages = PACKAGES[profile]
         command = [sys.executable, "-c", _RESOLVE, ",".join(packages), str(jars / "resolved.log")]
         urls = _run(command, f"resolving the {profile} profile's jars").stdout.split()[-1]
         resolved = [Path(u.removeprefix("file://")) for u in urls.split(",")]
@@ -169,7 +171,9 @@ Nothing is downloaded: pip installs with --no-index, and Spark loads the jars in
 """
 
 
-def build(target: Path, platforms: list[str], tarball: bool = True) -> dict:
+def build(
+    target: Path, platforms: list[str], profiles: tuple[str, ...] = ("local",), tarball=True
+) -> dict:
     """Write the bundle into ``target`` (and ``target``.tar); what it holds and its size."""
     started = time.perf_counter()
     wheels = target / "wheels"
@@ -180,7 +184,7 @@ def build(target: Path, platforms: list[str], tarball: bool = True) -> dict:
         print(f"[2/4] wheels for {name} ({i}/{len(platforms)})", flush=True)
         download(name, wheels)
     print("[3/4] Spark's jars for each profile", flush=True)
-    jars = collect_jars(target / "jars")
+    jars = collect_jars(target / "jars", profiles)
     print("[4/4] the workbook's source and the steps", flush=True)
     source = subprocess.run(
         ["git", "-C", str(REPO_ROOT), "archive", "--format=tar", "-o", str(target / "source.tar"),
@@ -208,9 +212,16 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--platforms", nargs="+", default=[this_platform()], choices=sorted(PLATFORMS)
     )
+    parser.add_argument(
+        "--profiles",
+        nargs="+",
+        default=["local"],
+        choices=["local", "stack"],
+        help="whose Spark jars (the stack's carry the AWS SDK: 600 MB)",
+    )
     parser.add_argument("--no-tarball", action="store_true", help="the folder only")
     args = parser.parse_args(argv)
-    done = build(args.to.resolve(), args.platforms, tarball=not args.no_tarball)
+    done = build(args.to.resolve(), args.platforms, tuple(args.profiles), not args.no_tarball)
     print(json.dumps(done, indent=2))
     print(f"Bundle in {args.to}" + ("" if args.no_tarball else f" and {args.to}.tar"))
     return 0

@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
-import psutil
 import psycopg2
 import pytest
 
@@ -46,19 +44,6 @@ def test_a_postmaster_pid_left_by_another_server_is_not_ours(tmp_path):
     (pgdata / "postmaster.pid").write_text(elsewhere)  # a live process, not a postgres of ours
     server = local_postgres.ensure_running(pgdata)
     assert server.pid != os.getpid() and answer(server)
-    local_postgres.stop(pgdata)
-
-
-def test_a_machine_postgres_serves_when_there_is_no_wheel(tmp_path, monkeypatch):
-    """Platforms without the pgserver wheel (linux aarch64) use the machine's PostgreSQL."""
-    found = local_postgres.machine_bin_dirs()
-    if not found:
-        pytest.skip("no PostgreSQL installed on this machine (make stack-up installs Debian's)")
-    monkeypatch.setenv(local_postgres.BIN_VARIABLE, str(found[0]))
-    pgdata = tmp_path / "_postgres"
-    server = local_postgres.ensure_running(pgdata)
-    assert Path(psutil.Process(server.pid).exe()).parent == found[0]
-    assert answer(server).startswith("PostgreSQL")
     local_postgres.stop(pgdata)
 
 
