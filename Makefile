@@ -114,10 +114,14 @@ bench: setup  ## benchmarks -> benchmarks/results/latest.json and plots (ARGS="-
 jars: setup  ## fetch the Spark packages into the local Ivy cache, to work offline afterwards
 	$(BIN)/python -m workbook.spark
 
-# The local PostgreSQL the notebooks start stops when JupyterLab does (Ctrl-C included: the
-# shell handles INT, so it outlives JupyterLab and runs its EXIT trap).
-lab: setup  ## open the notebooks in JupyterLab
-	trap '$(MAKE) --no-print-directory stop-postgres' EXIT; trap : INT; $(BIN)/jupyter lab notebooks
+# A learner works in copies (learner/), so the committed outputs stay what nbval compares;
+# LAB_DIR=notebooks opens the committed notebooks. The local PostgreSQL the notebooks start
+# stops when JupyterLab does (Ctrl-C included: the shell handles INT, so it outlives
+# JupyterLab and runs its EXIT trap).
+LAB_DIR ?= learner
+lab: setup  ## JupyterLab on your copies of the notebooks (learner/; LAB_DIR=notebooks: the committed ones)
+	@test "$(LAB_DIR)" != learner || $(BIN)/python -m workbook.workshop
+	trap '$(MAKE) --no-print-directory stop-postgres' EXIT; trap : INT; $(BIN)/jupyter lab $(LAB_DIR)
 
 stop-postgres:  ## stop the local profile's PostgreSQL (the next notebook that needs it starts it)
 	@test ! -x $(BIN)/python || $(BIN)/python -m workbook.local_postgres stop

@@ -11,7 +11,9 @@ Needs Debian's ``chromium`` (``make browser``); the figures per notebook are pri
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -34,6 +36,15 @@ CHROMIUM = Path(os.environ.get("WORKBOOK_CHROMIUM", "/usr/bin/chromium"))
 SIZE = {"n_transactions": 50_000, "days": 14, "seed": 42, "loop_days": 3,
         "drift_from_day": 1, "label_delay_days": 1}  # fmt: skip
 NOTEBOOK_TIMEOUT_S = 900
+# Cells queued or running show [*] in their prompt.
+RUNNING = (
+    "Array.from(document.querySelectorAll('.jp-InputPrompt'))"
+    ".filter(p => p.textContent.includes('[*]')).length"
+)
+SETTINGS = {
+    "@jupyterlab/notebook-extension/tracker": {"windowingMode": "none"},
+    "@jupyterlab/apputils-extension/notification": {"fetchNews": "false"},
+}
 # Chromium on a closed network: no background calls, no sandbox (CI runs as root).
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update",
@@ -54,17 +65,26 @@ def jupyterlab(tmp_path_factory):
     learner = tmp_path_factory.mktemp("learner")
     lakehouse = tmp_path_factory.mktemp("browser-lakehouse")
     workshop.learner_copies(learner)
-    import papermill.parameterize
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
 
     for name in NOTEBOOKS:
         path = learner / f"{name}.ipynb"
-        wanted = {k: v for k, v in SIZE.items() if k in notebook_parameters(path, SIZE)}
-        notebook = papermill.parameterize.parameterize_notebook(
-            nbformat.read(path, as_version=4), wanted
-        )
-        nbformat.write(notebook, path)
+        wanted = notebook_parameters(path, SIZE)
+        sized = parameterize_notebook(load_notebook_node(str(path)), wanted)
+        nbformat.write(sized, path)
+    # JupyterLab's settings and workspaces of its own (none restored from an earlier session):
+    # every cell rendered (not only those in view, so the last plot can be found), and no
+    # news fetched from the network.
+    settings = tmp_path_factory.mktemp("jupyterlab-settings")
+    for plugin, values in SETTINGS.items():
+        path = settings / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
     port, token = free_port(), secrets.token_hex(16)
-    env = {**os.environ, "WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
+    env = {**os.environ, "WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local",
+           "JUPYTERLAB_SETTINGS_DIR": str(settings),
+           "JUPYTERLAB_WORKSPACES_DIR": str(tmp_path_factory.mktemp("workspaces"))}  # fmt: skip
     log = open(tmp_path_factory.mktemp("logs") / "jupyterlab.log", "w")  # noqa: SIM115
     server = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ip=127.0.0.1",
@@ -106,39 +126,38 @@ def screenshots() -> Path:
     return folder
 
 
-def run_from_the_menu(page) -> None:
-    page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
-    page.locator('.lm-Menu-item[data-command="notebook:run-all-cells"]').click()
-
-
-def save_from_the_menu(page) -> None:
-    page.locator(".lm-MenuBar-itemLabel", has_text="File").first.click()
-    page.locator('.lm-Menu-item[data-command="docmanager:save"]').click()
+def from_the_menu(page, menu: str, item: str) -> None:
+    """Click ``menu`` in the menu bar, then its ``item`` (a name followed by its shortcut)."""
+    page.get_by_role("menuitem", name=menu, exact=True).click()
+    page.get_by_role("menuitem", name=re.compile(f"^{item}( |$)(?!As)")).click()
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
 def test_a_learner_runs_the_notebook_in_jupyterlab(name, jupyterlab, browser, screenshots):
     url, token, api, _ = jupyterlab
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
-    page.goto(f"{url}/lab/tree/{name}.ipynb?token={token}")
-    page.locator(".jp-Notebook .jp-Cell").first.wait_for(timeout=120_000)
-    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for(timeout=120_000)
-    started = time.perf_counter()
-    run_from_the_menu(page)
-    page.locator(".jp-InputPrompt", has_text="[*]").first.wait_for(timeout=60_000)
-    page.wait_for_function(
-        "() => !Array.from(document.querySelectorAll('.jp-InputPrompt'))"
-        ".some(p => p.textContent.includes('[*]'))",
-        timeout=NOTEBOOK_TIMEOUT_S * 1000,
-        polling=1000,
-    )
+    # A workspace of its own: JupyterLab reopens nothing from the notebook before.
+    page.goto(f"{url}/lab/workspaces/{name}/tree/{name}.ipynb?token={token}")
+    notebook = page.locator(".jp-NotebookPanel:not(.lm-mod-hidden)")
+    try:
+        notebook.locator(".jp-Cell").first.wait_for(timeout=120_000)
+        page.get_by_text(re.compile(r"\| Idle$")).wait_for(timeout=120_000)  # the kernel is up
+        started = time.perf_counter()
+        from_the_menu(page, "Run", "Run All Cells")
+        page.wait_for_function(f"() => {RUNNING} > 0", timeout=60_000)
+        page.wait_for_function(
+            f"() => {RUNNING} == 0", timeout=NOTEBOOK_TIMEOUT_S * 1000, polling=1000
+        )
+    except Exception:
+        page.screenshot(path=screenshots / f"{name}-failed.png")
+        raise
     seconds = time.perf_counter() - started
-    plots = page.locator(".jp-OutputArea-output img")
+    plots = notebook.locator(".jp-OutputArea-output img")
     if plots.count():
         plots.last.scroll_into_view_if_needed()
         plots.last.screenshot(path=screenshots / f"{name}.png")
     before = api.get(f"/api/contents/{name}.ipynb?content=0").json()["last_modified"]
-    save_from_the_menu(page)
+    from_the_menu(page, "File", "Save Notebook")
     deadline = time.monotonic() + 60
     while api.get(f"/api/contents/{name}.ipynb?content=0").json()["last_modified"] == before:
         assert time.monotonic() < deadline, "the notebook was not saved"
