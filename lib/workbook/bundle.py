@@ -11,8 +11,8 @@
 Installing from it needs no index (``pip install --no-index``); with ``WORKBOOK_SPARK_JARS``
 pointing at ``jars/``, Spark loads those files and resolves nothing.
 
-The platform tags here also prove that the pins install everywhere: ``resolve`` asks pip
-which wheels it would take for a platform, without installing anything.
+The same platforms prove that the pins install everywhere: ``resolve`` asks uv which wheels
+a platform would take (its markers evaluated for that platform), installing nothing.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ PLATFORMS = {
 SOURCE_ONLY = ("pyspark",)  # pins PyPI has no wheel of: built here, once, for every platform
 BUILD_BACKEND = "setuptools>=77"  # installs the workbook itself (pyproject's build-system)
 DEFAULT_DIR = REPO_ROOT / "bundle"
-JARS_VARIABLE = "WORKBOOK_SPARK_JARS"
 
 
 def this_platform() -> str:

@@ -91,11 +91,11 @@ def get_settings() -> Settings:
         shuffle_partitions=int(os.environ.get("WORKBOOK_SHUFFLE_PARTITIONS", "8")),
         driver_memory=os.environ.get("WORKBOOK_DRIVER_MEMORY", "2g"),
         executor_memory=os.environ.get("WORKBOOK_EXECUTOR_MEMORY", "2g"),
+        spark_jars=Path(jars) if (jars := os.environ.get("WORKBOOK_SPARK_JARS")) else None,
         # Short jobs on few cores finish sooner with the quick JIT alone: the optimising
         # compiler's warm-up costs more CPU than it saves here (measured: 45 s -> 20 s).
         # A long-lived JVM (a test session, the runner's shared kernel) generates much code:
         # a larger code cache keeps it from running out ("Out of space in CodeCache").
-        spark_jars=Path(jars) if (jars := os.environ.get("WORKBOOK_SPARK_JARS")) else None,
         jvm_options=os.environ.get(
             "WORKBOOK_JVM_OPTIONS", "-XX:TieredStopAtLevel=1 -XX:ReservedCodeCacheSize=512m"
         ),
