@@ -41,7 +41,9 @@ setup-offline:  ## install from an offline bundle: make setup-offline BUNDLE=/pa
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --no-index --find-links "$(BUNDLE)/wheels" -e ".[dev]"
 	$(BIN)/python -c "from workbook.spark import check_java; check_java()"
-	grep -qs '^WORKBOOK_SPARK_JARS=' .env || echo "WORKBOOK_SPARK_JARS=$(abspath $(BUNDLE))/jars" >> .env
+	test -f .env || cp .env.example .env
+	sed -i.bak '/^WORKBOOK_SPARK_JARS=/d' .env && rm -f .env.bak
+	echo "WORKBOOK_SPARK_JARS=$(abspath $(BUNDLE))/jars" >> .env
 	touch $(INSTALLED)
 
 # PLATFORMS: any of linux-x86_64 linux-aarch64 macos-arm64 macos-x86_64 (default: this one);
@@ -121,7 +123,8 @@ jars: setup  ## fetch the Spark packages into the local Ivy cache, to work offli
 LAB_DIR ?= learner
 lab: setup  ## JupyterLab on your copies of the notebooks (learner/; LAB_DIR=notebooks: the committed ones)
 	@test "$(LAB_DIR)" != learner || $(BIN)/python -m workbook.workshop
-	trap '$(MAKE) --no-print-directory stop-postgres' EXIT; trap : INT; $(BIN)/jupyter lab $(LAB_DIR)
+	trap '$(MAKE) --no-print-directory stop-postgres' EXIT; trap : INT; trap exit HUP TERM; \
+		$(BIN)/jupyter lab $(LAB_DIR)
 
 stop-postgres:  ## stop the local profile's PostgreSQL (the next notebook that needs it starts it)
 	@test ! -x $(BIN)/python || $(BIN)/python -m workbook.local_postgres stop

@@ -29,6 +29,8 @@ import tempfile
 import time
 import tomllib
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from workbook.config import REPO_ROOT
 
@@ -52,7 +54,6 @@ PLATFORMS = {
     ),
 }
 SOURCE_ONLY = ("pyspark",)  # pins PyPI has no wheel of: built here, once, for every platform
-BUILD_BACKEND = "setuptools>=77"  # installs the workbook itself (pyproject's build-system)
 DEFAULT_DIR = REPO_ROOT / "bundle"
 
 
@@ -62,9 +63,18 @@ def this_platform() -> str:
     return f"{system}-{machine.get(platform.machine().lower(), platform.machine().lower())}"
 
 
+def _pyproject() -> dict:
+    return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
+
+
+def build_requirements() -> list[str]:
+    """What installs the workbook itself (pyproject's build backend)."""
+    return _pyproject()["build-system"]["requires"]
+
+
 def pins(extras: tuple[str, ...] = ("dev",)) -> list[str]:
     """The pinned requirements (with their platform markers) from pyproject.toml."""
-    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    project = _pyproject()["project"]
     optional = project["optional-dependencies"]
     return [*project["dependencies"], *(p for extra in extras for p in optional[extra])]
 
@@ -100,7 +110,7 @@ def resolve(name: str, wheels: Path) -> dict[str, str]:
         raise ValueError(f"platform {name!r}; expected one of {', '.join(PLATFORMS)}")
     with tempfile.TemporaryDirectory() as work:
         requirements = Path(work) / "requirements.in"
-        requirements.write_text("\n".join([*pins(), BUILD_BACKEND]) + "\n")
+        requirements.write_text("\n".join([*pins(), *build_requirements()]) + "\n")
         command = [find_uv_bin(), "pip", "compile", str(requirements), "--quiet"]
         command += ["--no-header", "--no-annotate", "--python-version", PYTHON[0]]
         command += ["--python-platform", PLATFORMS[name][0], "--only-binary", ":all:"]
@@ -149,7 +159,7 @@ def collect_jars(jars: Path, profiles: tuple[str, ...]) -> dict[str, list[str]]:
         packages = PACKAGES[profile]
         command = [sys.executable, "-c", _RESOLVE, ",".join(packages), str(jars / "resolved.log")]
         urls = _run(command, f"resolving the {profile} profile's jars").stdout.split()[-1]
-        resolved = [Path(u.removeprefix("file://")) for u in urls.split(",")]
+        resolved = [Path(url2pathname(urlparse(u).path)) for u in urls.split(",")]
         for jar in resolved:
             shutil.copy2(jar, jars / jar.name)
         lists[profile] = sorted(jar.name for jar in resolved)

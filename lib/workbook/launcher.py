@@ -29,7 +29,7 @@ class RunningService:
         self.process, self.url, self.log_path = process, url, log_path
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop gracefully (the pool closes, the embedded server's handle is released)."""
+        """Stop gracefully (the pool closes its connections)."""
         if self.process.poll() is None:
             self.process.terminate()
             try:

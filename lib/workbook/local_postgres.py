@@ -20,11 +20,13 @@ import importlib.util
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +78,8 @@ def _version_key(folder: Path) -> tuple[int, ...]:
 
 
 def machine_bin_dirs() -> list[Path]:
-    """PostgreSQL bin folders installed on this machine, the newest version first."""
+    """PostgreSQL bin folders installed on this machine: the one on PATH first, then the
+    usual places, the newest version first."""
     found = []
     if pg_config := shutil.which("pg_config"):
         bindir = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True)
@@ -132,8 +135,8 @@ def _give_to(path: Path, user: str | None) -> None:
     if user is None:
         return
     shutil.chown(path, user)
-    for parent in path.parents:
-        parent.chmod(parent.stat().st_mode | 0o055)
+    for parent in path.parents:  # search permission only: nothing becomes readable
+        parent.chmod(parent.stat().st_mode | 0o011)
 
 
 def _run(bindir: Path, args: list[str], user: str | None, timeout: float = 60) -> None:
@@ -150,30 +153,45 @@ def _run(bindir: Path, args: list[str], user: str | None, timeout: float = 60) -
         raise RuntimeError(f"PostgreSQL's {args[0]} failed: {(done.stderr or done.stdout).strip()}")
 
 
-def _postmaster(pgdata: Path) -> Server | None:
-    """The server postmaster.pid names, if that process is a postgres serving ``pgdata``.
+def _server(pgdata: Path, ready: bool = True) -> Server | None:
+    """The server that postmaster.pid names, if that process is a postgres serving ``pgdata``
+    (and, with ``ready``, accepting connections: not starting or shutting down).
 
-    A copied or restored lakehouse may carry the file of a server that ran elsewhere.
+    A copied or restored lakehouse may carry the file of a server that serves another folder.
     """
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
-        pid, socket_dir = int(lines[0]), Path(lines[4])
+        pid, socket_dir, status = int(lines[0]), Path(lines[4]), lines[7].strip()
         command_line = psutil.Process(pid).cmdline()
+        serves = Path(command_line[command_line.index("-D") + 1]).resolve()
     except (OSError, ValueError, IndexError, psutil.Error):
         return None
-    if not command_line or str(pgdata) not in command_line:
+    if serves != pgdata or (ready and status != "ready"):
         return None
     return Server(pgdata, pid, socket_dir)
+
+
+def running(pgdata: Path) -> Server | None:
+    """The server of ``pgdata`` if it is up and accepting connections."""
+    return _server(Path(pgdata).resolve())
 
 
 def _socket_dir(pgdata: Path, user: str | None) -> Path:
     if len(str(pgdata / f".s.PGSQL.{PORT}")) <= MAX_SOCKET_PATH:
         return pgdata
     digest = hashlib.sha256(str(pgdata).encode()).hexdigest()[:12]
-    folder = Path(tempfile.gettempdir()) / f"workbook-postgres-{digest}"
+    folder = Path(tempfile.gettempdir()) / f"workbook-postgres-{os.getuid()}-{digest}"
     folder.mkdir(mode=0o700, exist_ok=True)
+    if folder.stat().st_uid not in (os.getuid(), _uid(user)):
+        raise RuntimeError(f"{folder} belongs to another user: remove it")
     _give_to(folder, user)
     return folder
+
+
+def _uid(user: str | None) -> int:
+    import pwd
+
+    return os.getuid() if user is None else pwd.getpwnam(user).pw_uid
 
 
 def _check_version(pgdata: Path, bindir: Path) -> None:
@@ -181,7 +199,7 @@ def _check_version(pgdata: Path, bindir: Path) -> None:
     version = subprocess.run(
         [str(bindir / "postgres"), "--version"], capture_output=True, text=True
     )
-    major = re.search(r"(\d+)", version.stdout.split(")")[-1])
+    major = re.search(r"\(PostgreSQL\)\s+(\d+)", version.stdout)
     if major and major.group(1) != made_by:
         raise RuntimeError(
             f"The local store's data ({pgdata}) was made by PostgreSQL {made_by}, and the "
@@ -202,11 +220,14 @@ def _locked(pgdata: Path):
 def ensure_running(pgdata: Path) -> Server:
     """The server of ``pgdata``: created on first use, started if it is not running."""
     pgdata = Path(pgdata).resolve()
-    if server := _postmaster(pgdata):
+    if server := _server(pgdata):
         return server
     with _locked(pgdata):
-        if server := _postmaster(pgdata):
-            return server
+        deadline = time.monotonic() + 60
+        while _server(pgdata, ready=False) and time.monotonic() < deadline:
+            if server := _server(pgdata):  # started or recovering elsewhere: wait for it
+                return server
+            time.sleep(0.2)
         bindir, user = bin_dir(), _os_user()
         pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
         _give_to(pgdata, user)  # each time: a parent folder may have been made private since
@@ -214,12 +235,12 @@ def ensure_running(pgdata: Path) -> Server:
             _run(bindir, ["initdb", "-D", str(pgdata), "-U", SUPERUSER, "--auth=trust",
                           "--encoding=UTF8", "--no-instructions"], user)  # fmt: skip
         _check_version(pgdata, bindir)
-        (pgdata / "postmaster.pid").unlink(missing_ok=True)  # not a live server's (above)
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)  # not a server of this folder
         socket_dir = _socket_dir(pgdata, user)
-        options = f"-h '' -k {socket_dir} -p {PORT}"
+        options = f"-h '' -k {shlex.quote(str(socket_dir))} -p {PORT}"  # pg_ctl runs a shell
         _run(bindir, ["pg_ctl", "-D", str(pgdata), "-o", options, "-l", str(pgdata / "log"),
                       "-w", "-t", "60", "start"], user, timeout=90)  # fmt: skip
-        server = _postmaster(pgdata)
+        server = _server(pgdata)
         if server is None:
             raise RuntimeError(f"PostgreSQL did not start; see {pgdata / 'log'}")
         return server
@@ -230,15 +251,23 @@ def stop(pgdata: Path, mode: str = "fast") -> bool:
     "immediate": as a crash would). True if one was stopped."""
     pgdata = Path(pgdata).resolve()
     with _locked(pgdata):
-        server = _postmaster(pgdata)
+        server = _server(pgdata, ready=False)
         if server is None:
             return False
-        process = psutil.Process(server.pid)
-        process.send_signal(SHUTDOWN_SIGNALS[mode])
         try:
-            process.wait(60)
-        except psutil.TimeoutExpired:
-            process.kill()
+            process = psutil.Process(server.pid)
+            process.send_signal(SHUTDOWN_SIGNALS[mode])
+            try:
+                process.wait(60)
+            except psutil.TimeoutExpired:  # as a crash would, then the hard way
+                process.send_signal(SHUTDOWN_SIGNALS["immediate"])
+                try:
+                    process.wait(10)
+                except psutil.TimeoutExpired:
+                    process.kill()
+                    process.wait(10)
+        except psutil.NoSuchProcess:
+            pass  # it ended on its own meanwhile
         return True
 
 
@@ -251,7 +280,7 @@ def servers_under(root: Path) -> list[Server]:
         if process.info["name"] != "postgres" or "-D" not in command_line[:-1]:
             continue
         pgdata = Path(command_line[command_line.index("-D") + 1])
-        if pgdata.is_relative_to(root) and (server := _postmaster(pgdata)):
+        if pgdata.is_relative_to(root) and (server := _server(pgdata.resolve(), ready=False)):
             found.append(server)
     return found
 
@@ -272,13 +301,12 @@ def main(argv=None) -> int:
     parser.add_argument("--pgdata", type=Path, help="its data folder (default: the lakehouse's)")
     args = parser.parse_args(argv)
     pgdata = (args.pgdata or get_settings().postgres_dir).resolve()
-    server = _postmaster(pgdata)
+    server = _server(pgdata, ready=False)
     if args.action == "status":
-        print(
-            f"PostgreSQL on {pgdata}: " + (f"running (pid {server.pid})" if server else "stopped")
-        )
+        state = f"running (pid {server.pid})" if server else "stopped"
+        print(f"PostgreSQL on {pgdata}: {state}")
     elif stop(pgdata):
-        print(f"Stopped PostgreSQL (pid {server.pid}) on {pgdata}")
+        print(f"Stopped PostgreSQL on {pgdata}")
     else:
         print(f"PostgreSQL on {pgdata} was not running")
     return 0

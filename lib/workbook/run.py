@@ -177,13 +177,14 @@ def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dic
 
 @contextlib.contextmanager
 def local_postgres_stopped_at_the_end():
-    """The run starts the local PostgreSQL (05); it ends with the run, and starts again with
-    the next notebook or service that needs it."""
+    """The local PostgreSQL this run starts (05) ends with the run, and starts again with the
+    next notebook that needs it. One already running (JupyterLab's) is left as it is."""
+    settings = get_settings()
+    ours = settings.profile == "local" and not local_postgres.running(settings.postgres_dir)
     try:
         yield
     finally:
-        settings = get_settings()
-        if settings.profile == "local" and local_postgres.stop(settings.postgres_dir):
+        if ours and local_postgres.stop(settings.postgres_dir):
             print(f"Stopped the local PostgreSQL ({settings.postgres_dir})")
 
 

@@ -474,8 +474,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again, which would
-    # skip atexit handlers; the embedded PostgreSQL counts its users with them.
+    # uvicorn shuts down gracefully on SIGTERM and then raises the signal again: exit with
+    # status 0 instead, after the atexit handlers, as a stop asked for is not a failure.
     signal.signal(signal.SIGTERM, _exit_normally)
     uvicorn.run(
         create_app(args.model),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
+from pathlib import Path
 
 import psycopg2
 import pytest
@@ -33,6 +36,18 @@ def test_started_on_demand_reused_and_stopped(tmp_path):
     again = local_postgres.ensure_running(pgdata)
     assert again.pid != server.pid and answer(again)
     assert local_postgres.stop_all_under(tmp_path) == [pgdata.resolve()]
+
+
+def test_a_folder_with_spaces_in_its_path():
+    """``~/My Projects/...``: the socket folder (here the data folder) goes through a shell."""
+    root = Path(tempfile.mkdtemp(prefix="my projects "))
+    try:
+        pgdata = root / "_postgres"
+        server = local_postgres.ensure_running(pgdata)
+        assert server.socket_dir == pgdata.resolve() and answer(server)
+        local_postgres.stop(pgdata)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_a_postmaster_pid_left_by_another_server_is_not_ours(tmp_path):

@@ -26,6 +26,7 @@ def test_a_bundles_jars_replace_the_packages(tmp_path, monkeypatch):
     from workbook.config import get_settings
     from workbook.spark import jar_conf
 
+    monkeypatch.delenv("WORKBOOK_SPARK_JARS", raising=False)
     assert set(jar_conf(get_settings())) == {"spark.jars.packages"}
     monkeypatch.setenv("WORKBOOK_SPARK_JARS", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="make bundle"):
