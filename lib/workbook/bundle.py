@@ -33,6 +33,7 @@ from urllib.parse import urlparse
 from urllib.request import url2pathname
 
 from workbook.config import REPO_ROOT
+from workbook.spark import PACKAGES
 
 PYTHON = ("3.11", "cp311")
 MACOS_MIN = "12.0"  # the oldest macOS with wheels of every pin (pyarrow's)
@@ -150,7 +151,7 @@ print(spark.conf.get("spark.jars"))
 
 def collect_jars(jars: Path, profiles: tuple[str, ...]) -> dict[str, list[str]]:
     """Resolve each profile's Spark packages once, copy the jars, list them per profile."""
-    from workbook.spark import PACKAGES, check_java
+    from workbook.spark import check_java
 
     check_java()
     jars.mkdir(parents=True, exist_ok=True)
@@ -225,7 +226,7 @@ def main(argv=None) -> int:
         "--profiles",
         nargs="+",
         default=["local"],
-        choices=["local", "stack"],
+        choices=sorted(PACKAGES),
         help="whose Spark jars (the stack's carry the AWS SDK: 600 MB)",
     )
     parser.add_argument("--no-tarball", action="store_true", help="the folder only")

@@ -228,6 +228,11 @@ def ensure_running(pgdata: Path) -> Server:
             if server := _server(pgdata):  # started or recovering elsewhere: wait for it
                 return server
             time.sleep(0.2)
+        if server := _server(pgdata, ready=False):  # its pid file must not be taken away
+            raise RuntimeError(
+                f"PostgreSQL (pid {server.pid}) on {pgdata} did not accept connections within "
+                f"60 s; see {pgdata / 'log'}, or `make stop-postgres` and try again"
+            )
         bindir, user = bin_dir(), _os_user()
         pgdata.mkdir(mode=0o700, parents=True, exist_ok=True)
         _give_to(pgdata, user)  # each time: a parent folder may have been made private since
