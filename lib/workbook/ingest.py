@@ -212,9 +212,17 @@ def ingest_batch(
     spark = batch.sparkSession
     query_id = json.loads(lakehouse.read_text(spark, f"{checkpoint}/metadata"))["id"]
     raw = spark.read.format("delta").load(raw_path)
-    existing = raw.select(names.TRANSACTION_ID, names.BATCH_ID)
     parsed = parse_and_validate(batch).persist()
-    checked = mark_duplicates(mark_late(parsed, data_clock(parsed, raw)), existing, batch_id)
+    clock = data_clock(parsed, raw)  # also computes ``parsed``: its size is known from here
+    # Raw's rows with this batch's ids: as few as the batch, whatever raw holds, so the two
+    # joins below read them from memory instead of shuffling every id of raw twice.
+    ids = parsed.select(names.TRANSACTION_ID).dropna().distinct()
+    existing = (
+        raw.select(names.TRANSACTION_ID, names.BATCH_ID)
+        .join(ids, names.TRANSACTION_ID, "left_semi")
+        .localCheckpoint()
+    )
+    checked = mark_duplicates(mark_late(parsed, clock), existing, batch_id)
     checked = checked.withColumn(names.BATCH_ID, F.lit(batch_id).cast("long")).persist()
     try:
         valid = checked.filter(F.col(names.REASON).isNull()).select(*RAW_SCHEMA.fieldNames())

@@ -5,7 +5,7 @@ Notebooks 01 to 05 build the platform once; ``run_day`` then runs it for one new
 1. land the day's events and ingest them (01's ingestion): the simulated day, or any
    lines given instead (a day of bad events, a day without any);
 2. compute the feature rows of the days the raw table has and the feature table lacks,
-   from their 30-day window alone, and merge them in (the cost follows the new days);
+   from their 30-day window alone, and append them (the cost follows the new days);
 3. refresh the online store from the newest rows;
 4. score the day with the champion (04's scoring stream, drained and stopped);
 5. receive the labels of the day ``label_delay_days`` ago, as a bank learns of fraud late;
@@ -55,7 +55,7 @@ from workbook import (
     train,
 )
 from workbook.simulator import DriftScenario, SimulationConfig
-from workbook.spark import local_frame
+from workbook.spark import interpreted, local_frame
 
 log = logging.getLogger("workbook.loop")
 MONITORED_INPUTS = (*names.NUMERIC_INPUTS, names.PREDICTION_SCORE)
@@ -164,7 +164,11 @@ def run_day(
 
     ``events``, when given, are the day's event lines instead of the simulated ones.
     """
-    settings = settings or LoopSettings()
+    with interpreted(spark):  # a day is small: compiling its queries would cost the most
+        return _run_day(spark, day, settings or LoopSettings(), events)
+
+
+def _run_day(spark, day: date, settings: LoopSettings, events: list[str] | None) -> DayReport:
     config = world(spark, settings)
     report = DayReport(day)
     with _timed(report, "ingest"):
@@ -223,7 +227,7 @@ def _timed(report: DayReport, step: str):
 
 
 def update_features(spark: SparkSession, day: date) -> list[date]:
-    """Merge the feature rows of the days after the table's last one, up to ``day``."""
+    """Add the feature rows of the days after the table's last one, up to ``day``."""
     path = lakehouse.location(names.FEATURES_TABLE)
     table = spark.read.format("delta").load(path)
     first = table.agg(F.max(names.TRANSACTION_DATE)).first()[0] + timedelta(days=1)
@@ -237,7 +241,9 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
     # None when no valid transaction has come since: the table still ends where the data does.
     days = sorted(r[0] for r in rows.select(names.TRANSACTION_DATE).distinct().collect())
     if days:
-        lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+        # Only days after the table's last one: new keys, so an append (one job) does what a
+        # MERGE (a dozen) would, and a rerun finds the days there and computes nothing.
+        rows.write.format("delta").mode("append").save(path)
     return days
 
 
@@ -293,15 +299,18 @@ def receive_labels(spark: SparkSession, config: SimulationConfig, day: date) -> 
 # -- 6. monitoring ---------------------------------------------------------------------------
 
 
-def monitored_rows(spark: SparkSession, day: date) -> DataFrame:
-    """The predictions of ``day`` with the inputs they were scored on: one row each."""
-    raw = _of_day(lakehouse.read_table(spark, names.RAW_TABLE), day)
+def monitored_rows(spark: SparkSession, days: list[date]) -> DataFrame:
+    """The predictions of ``days`` with the inputs they were scored on: one row each."""
+    on_days = F.to_date(names.TIMESTAMP).isin(list(days))
+    raw = lakehouse.read_table(spark, names.RAW_TABLE).filter(on_days)
     inputs = features.transaction_features(raw, lakehouse.read_table(spark, names.FEATURES_TABLE))
-    predictions = _of_day(lakehouse.read_table(spark, names.PREDICTIONS_TABLE), day).select(
-        names.TRANSACTION_ID, names.PREDICTION_SCORE, names.MODEL_VERSION
+    predictions = (
+        lakehouse.read_table(spark, names.PREDICTIONS_TABLE)
+        .filter(on_days)
+        .select(names.TRANSACTION_ID, names.PREDICTION_SCORE, names.MODEL_VERSION)
     )
     return inputs.join(predictions, names.TRANSACTION_ID).withColumn(
-        names.MONITORED_DAY, F.lit(day)
+        names.MONITORED_DAY, F.col(names.TRANSACTION_DATE)
     )
 
 
@@ -333,26 +342,32 @@ def monitor(spark, model, champion: registry.LoadedModel, day: date, labelled: d
     """Drift of ``day`` for the champion; quality of the ``labelled`` day for each version that
     scored it. Both are recorded in one write; returned as {metric: value} for the report.
     """
-    drift = monitoring.drift(monitored_rows(spark, day), reference(spark, model, champion))
+    # Both days in one read of raw, features and predictions, kept for the two uses below.
+    rows = monitored_rows(spark, [day, labelled] if labelled else [day]).cache()
+    of = F.col(names.MONITORED_DAY)
+    drift = monitoring.drift(rows.filter(of == F.lit(day)), reference(spark, model, champion))
     measured = [monitoring.of_version(drift, champion.version)]
     if labelled is not None:
-        measured += measure_quality(spark, labelled)
+        measured += measure_quality(spark, rows.filter(of == F.lit(labelled)))
     monitoring.record_rows(spark, reduce(DataFrame.unionByName, measured))
+    rows.unpersist()
     return _values(drift), _values(*measured[1:])
 
 
-def measure_quality(spark: SparkSession, day: date) -> list[DataFrame]:
-    """Precision, recall and PR-AUC of the newly labelled ``day``, per version that scored it."""
+def measure_quality(spark: SparkSession, rows: DataFrame) -> list[DataFrame]:
+    """Precision, recall and PR-AUC of a newly labelled day's monitored ``rows``, per version
+    that scored it."""
     labels = lakehouse.read_table(spark, names.LABELS_TABLE)
-    scored = monitored_rows(spark, day).join(labels, names.TRANSACTION_ID).cache()
+    columns = (names.MONITORED_DAY, names.MODEL_VERSION, names.PREDICTION_SCORE, names.LABEL)
+    # A day is a few thousand rows: fetched once, measured per version on the driver.
+    scored = rows.join(labels, names.TRANSACTION_ID).select(*columns).toPandas()
     found = []
-    for (version,) in scored.select(names.MODEL_VERSION).distinct().collect():
+    for version, part in scored.groupby(names.MODEL_VERSION):
         threshold = registry.version_metadata(version)["threshold"]
-        results = monitoring.quality(
-            scored.filter(F.col(names.MODEL_VERSION) == version), threshold
+        results = monitoring.quality_rows(part, threshold)
+        found.append(
+            monitoring.of_version(local_frame(spark, results, monitoring.RESULT_SCHEMA), version)
         )
-        found.append(monitoring.of_version(results, version))
-    scored.unpersist()
     return found
 
 

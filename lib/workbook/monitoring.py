@@ -154,15 +154,19 @@ def quality(scored: DataFrame, threshold: float) -> DataFrame:
     ``scored`` has ``monitored_day``, the score and the label. A day's scores are a few
     thousand numbers, so PR-AUC is computed on the driver with the workbook's metrics.
     """
-    spark = scored.sparkSession
-    rows = []
     by_day = scored.select(names.MONITORED_DAY, names.PREDICTION_SCORE, names.LABEL).toPandas()
+    return local_frame(scored.sparkSession, quality_rows(by_day, threshold), RESULT_SCHEMA)
+
+
+def quality_rows(by_day, threshold: float) -> list[tuple]:
+    """``quality``'s rows (day, metric, value) from a pandas frame of the same columns."""
+    rows = []
     for day, part in sorted(by_day.groupby(names.MONITORED_DAY), key=lambda item: item[0]):
         if part[names.LABEL].nunique() < 2:
             continue  # no fraud that day (or only fraud): PR-AUC and recall say nothing
         measured = metrics.evaluate(part[names.PREDICTION_SCORE], part[names.LABEL], threshold)
         rows += [(day, metric, float(measured[metric])) for metric in QUALITY_METRICS]
-    return local_frame(spark, rows, RESULT_SCHEMA)
+    return rows
 
 
 def of_version(results: DataFrame, model_version: str) -> DataFrame:

@@ -183,6 +183,32 @@ def _drop_jars_from_python_path() -> None:
     sys.path[:] = [p for p in sys.path if not p.endswith(".jar")]
 
 
+# Spark generates and compiles Java for each new query plan. A daily step's queries read a
+# few thousand rows each and carry the day as a literal, so no compiled plan is ever reused:
+# compiling was half of the JVM's time in a step (Java Flight Recorder), more than the rows.
+# Bulk jobs (02's window functions over every day) are faster compiled, so this is per use.
+INTERPRETED = {
+    "spark.sql.codegen.wholeStage": "false",
+    "spark.sql.codegen.factoryMode": "NO_CODEGEN",  # expressions too, not only whole stages
+}
+
+
+@contextlib.contextmanager
+def interpreted(spark):
+    """Evaluate queries without generating code while the block runs (for small data)."""
+    before = {key: spark.conf.get(key, None) for key in INTERPRETED}
+    for key, value in INTERPRETED.items():
+        spark.conf.set(key, value)
+    try:
+        yield spark
+    finally:
+        for key, value in before.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 def local_frame(spark, rows, schema):
     """A DataFrame of a few rows the driver holds (``schema``: a StructType), through Arrow.
 

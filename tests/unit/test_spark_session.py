@@ -21,6 +21,37 @@ def test_package_jars_are_off_pythons_path(spark):
     assert not [p for p in sys.path if p.endswith(".jar")]
 
 
+def test_interpreted_queries_for_a_block_then_as_before(spark):
+    """A daily step runs without generated code; the session is as it was afterwards, also
+    when the block fails, and the results are the same."""
+    from pyspark.sql import functions as F
+
+    from workbook.spark import INTERPRETED, interpreted
+
+    spark.conf.set("spark.sql.codegen.wholeStage", "true")
+    spark.conf.unset("spark.sql.codegen.factoryMode")
+
+    def query():
+        return spark.range(1000).select((F.col("id") % 7).alias("k")).groupBy("k").count()
+
+    def run() -> tuple[list, bool]:
+        """The query's rows, and whether its executed plan has compiled stages ("*(n)")."""
+        frame = query()
+        rows = sorted(frame.collect())
+        return rows, "*(" in frame._jdf.queryExecution().executedPlan().toString()
+
+    counts, compiled = run()
+    assert compiled
+    with interpreted(spark):
+        assert {k: spark.conf.get(k) for k in INTERPRETED} == INTERPRETED
+        assert run() == (counts, False)
+    assert spark.conf.get("spark.sql.codegen.wholeStage") == "true"
+    assert spark.conf.get("spark.sql.codegen.factoryMode", None) is None
+    with pytest.raises(RuntimeError, match="a step failed"), interpreted(spark):
+        raise RuntimeError("a step failed")
+    assert spark.conf.get("spark.sql.codegen.wholeStage") == "true"
+
+
 def test_a_bundles_jars_replace_the_packages(tmp_path, monkeypatch):
     """With WORKBOOK_SPARK_JARS, Spark gets the listed files and nothing to resolve."""
     from workbook.config import get_settings
