@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from workbook import names
@@ -130,6 +131,17 @@ def merge_new_rows(spark, path: str, rows, keys: list[str]) -> None:
     DeltaTable.forPath(spark, path).alias("t").merge(
         rows.alias("s"), condition
     ).whenNotMatchedInsertAll().execute()
+
+
+@contextmanager
+def commit_note(spark, note: str):
+    """Delta commits made in the block carry ``note`` (their ``userMetadata``)."""
+    key = "spark.databricks.delta.commitInfo.userMetadata"
+    spark.conf.set(key, note)
+    try:
+        yield
+    finally:
+        spark.conf.unset(key)
 
 
 def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:

@@ -4,8 +4,9 @@ Notebooks 01 to 05 build the platform once; ``run_day`` then runs it for one new
 
 1. land the day's events and ingest them (01's ingestion): the simulated day, or any
    lines given instead (a day of bad events, a day without any);
-2. compute the feature rows of the days the raw table has and the feature table lacks,
-   from their 30-day window alone, and append them (the cost follows the new days);
+2. compute the feature rows of the days the raw table has and the feature table lacks, and
+   of the days that late events touched, from their 30-day window alone, and add them (the
+   cost follows the new data);
 3. refresh the online store from the newest rows;
 4. score the day with the champion (04's scoring stream, drained and stopped);
 5. receive the labels of the day ``label_delay_days`` ago, as a bank learns of fraud late;
@@ -226,25 +227,70 @@ def _timed(report: DayReport, step: str):
 # -- 2. and 3. features, offline and online ----------------------------------------------------
 
 
+# The raw table's version a features commit has taken into account, in its commit info.
+COVERED = "raw_version"
+
+
 def update_features(spark: SparkSession, day: date) -> list[date]:
-    """Add the feature rows of the days after the table's last one, up to ``day``."""
+    """Bring the feature table up to ``day``: the days after its last one, and every day the
+    raw rows added since its last update touch (a late event changes its day's row and the
+    rolling rows after it). Returns the days written.
+    """
     path = lakehouse.location(names.FEATURES_TABLE)
     table = spark.read.format("delta").load(path)
-    first = table.agg(F.max(names.TRANSACTION_DATE)).first()[0] + timedelta(days=1)
+    last = table.agg(F.max(names.TRANSACTION_DATE)).first()[0]
+    raw_version = lakehouse.table_version(spark, lakehouse.location(names.RAW_TABLE))
+    touched = days_added(spark, covered_raw_version(spark, path), raw_version)
+    first = min([last + timedelta(days=1), *touched])
     if first > day:
         return []  # done before: a rerun of the day
-    raw = lakehouse.read_table(spark, names.RAW_TABLE)
-    # Every account seen before has a row on every later day: the last day's rows name them.
+    raw = lakehouse.read_table(spark, names.RAW_TABLE, raw_version)
+    # Every account seen before has a row on every later day: the day before's rows name them.
     known = table.filter(F.col(names.TRANSACTION_DATE) == F.lit(first - timedelta(days=1)))
     # Computed once (a few thousand rows a day), not again in each pass of the MERGE.
     rows = features.for_days(raw, first, day, known).localCheckpoint()
     # None when no valid transaction has come since: the table still ends where the data does.
     days = sorted(r[0] for r in rows.select(names.TRANSACTION_DATE).distinct().collect())
-    if days:
-        # Only days after the table's last one: new keys, so an append (one job) does what a
-        # MERGE (a dozen) would, and a rerun finds the days there and computes nothing.
-        rows.write.format("delta").mode("append").save(path)
+    note = json.dumps({COVERED: raw_version})
+    if days and first <= last:
+        with lakehouse.commit_note(spark, note):  # days stored before change: a MERGE
+            lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+    elif days:
+        # New days only: new keys, so an append (one job) does what a MERGE (a dozen) would.
+        rows.write.format("delta").mode("append").option("userMetadata", note).save(path)
     return days
+
+
+def covered_raw_version(spark: SparkSession, path: str) -> int | None:
+    """The raw version the feature table's newest noted commit covered; None before any."""
+    from delta.tables import DeltaTable
+
+    noted = (
+        DeltaTable.forPath(spark, path)
+        .history()
+        .filter(F.col("userMetadata").contains(COVERED))
+        .orderBy(F.col("version").desc())
+        .select("userMetadata")
+        .first()
+    )
+    return json.loads(noted[0])[COVERED] if noted else None
+
+
+def days_added(spark: SparkSession, since: int | None, until: int) -> list[date]:
+    """The days of the raw rows that versions ``since`` + 1 to ``until`` added.
+
+    Raw is append-only: the files of version ``until`` that version ``since`` lacks hold
+    exactly those rows, so only they are read. Without a ``since`` (the notebooks built the
+    table), none: the days after the table's last one are computed anyway.
+    """
+    if since is None or since == until:
+        return []
+    files = set(lakehouse.read_table(spark, names.RAW_TABLE, until).inputFiles())
+    files -= set(lakehouse.read_table(spark, names.RAW_TABLE, since).inputFiles())
+    if not files:
+        return []
+    added = spark.read.parquet(*sorted(files)).select(F.to_date(names.TIMESTAMP)).distinct()
+    return sorted(r[0] for r in added.collect())
 
 
 def refresh_online(spark: SparkSession, day: date) -> dict[str, int]:

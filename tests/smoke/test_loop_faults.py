@@ -1,6 +1,6 @@
 """Faults of the daily step, after the smoke run's loop: a day of malformed events only, a
 day without events, labels that never arrive, a challenger with nothing to be compared on,
-and one that cannot win.
+one that cannot win, and a valid event that arrives a day late.
 
 Each must end in a clear decision and leave the alias, the feature table and the online
 store whole. The days run in one process (``fault_days.py``); the tests read what it saw
@@ -125,3 +125,27 @@ def test_the_days_after_the_quiet_ones_are_featured_as_the_whole_table(spark, wo
     online = faults["days"][2]["online"]
     accounts = want[want[names.TRANSACTION_DATE] == quiet[2]][names.ACCOUNT_ID].nunique()
     assert online == [accounts, str(quiet[2]), str(quiet[2])]
+
+
+def test_a_late_event_brings_its_day_and_the_days_after_up_to_date(spark, workbook_run, faults):
+    """A valid event of day 4 that comes with day 5: day 4's row of its account counts it, and
+    every row from day 4 on equals a computation from scratch (a MERGE of the touched days)."""
+    late, day = faults["late_event"], faults["days"][4]
+    touched = faults["days"][3]["report"]["day"]
+    assert day["report"]["feature_days"] == [touched, day["report"]["day"]]
+    raw = table(spark, workbook_run, names.RAW_TABLE)
+    assert raw.filter(F.col(names.TRANSACTION_ID) == late[names.TRANSACTION_ID]).count() == 1
+    stored = table(spark, workbook_run, names.FEATURES_TABLE)
+
+    def from_touched(frame):
+        return (
+            frame.filter(F.col(names.TRANSACTION_DATE) >= F.lit(touched))
+            .toPandas()
+            .sort_values(list(names.FEATURE_KEYS))
+            .reset_index(drop=True)
+        )
+
+    want = from_touched(features.daily_account_features(raw))
+    pd.testing.assert_frame_equal(
+        from_touched(stored), want, check_exact=False, rtol=0, atol=1.5e-4
+    )
