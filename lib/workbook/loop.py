@@ -251,13 +251,13 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
     rows = features.for_days(raw, first, day, known).localCheckpoint()
     # None when no valid transaction has come since: the table still ends where the data does.
     days = sorted(r[0] for r in rows.select(names.TRANSACTION_DATE).distinct().collect())
-    note = json.dumps({COVERED: raw_version})
-    if days and first <= last:
-        with lakehouse.commit_note(spark, note):  # days stored before change: a MERGE
+    if not days:
+        return days
+    with lakehouse.commit_note(spark, json.dumps({COVERED: raw_version})):
+        if first <= last:  # days stored before change: a MERGE
             lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
-    elif days:
-        # New days only: new keys, so an append (one job) does what a MERGE (a dozen) would.
-        rows.write.format("delta").mode("append").option("userMetadata", note).save(path)
+        else:  # new days only: new keys, so an append (one job) does what a MERGE (a dozen) would
+            rows.write.format("delta").mode("append").save(path)
     return days
 
 

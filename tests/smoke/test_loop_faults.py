@@ -46,6 +46,16 @@ def day_of(found: dict) -> date:
     return date.fromisoformat(found["report"]["day"])
 
 
+def rows_from(frame, day) -> pd.DataFrame:
+    """Feature rows from ``day`` on, in key order, to compare two tables."""
+    return (
+        frame.filter(F.col(names.TRANSACTION_DATE) >= F.lit(day))
+        .toPandas()
+        .sort_values(list(names.FEATURE_KEYS))
+        .reset_index(drop=True)
+    )
+
+
 def test_a_day_of_malformed_events_lands_in_quarantine_and_changes_nothing(
     spark, workbook_run, faults
 ):
@@ -109,19 +119,12 @@ def test_the_days_after_the_quiet_ones_are_featured_as_the_whole_table(spark, wo
     assert faults["days"][2]["report"]["feature_days"] == [str(d) for d in quiet]
     raw = table(spark, workbook_run, names.RAW_TABLE)
     stored = table(spark, workbook_run, names.FEATURES_TABLE)
-
-    def of_days(frame):
-        return (
-            frame.filter(F.col(names.TRANSACTION_DATE) >= F.lit(quiet[0]))
-            .toPandas()
-            .sort_values(list(names.FEATURE_KEYS))
-            .reset_index(drop=True)
-        )
-
-    want = of_days(features.daily_account_features(raw))
+    want = rows_from(features.daily_account_features(raw), quiet[0])
     # Averages are rounded to 4 places; Spark adds in partition order, so an exact tie (a sum
     # over 4 or 8 rows) may round either way: one unit of the last place apart at most.
-    pd.testing.assert_frame_equal(of_days(stored), want, check_exact=False, rtol=0, atol=1.5e-4)
+    pd.testing.assert_frame_equal(
+        rows_from(stored, quiet[0]), want, check_exact=False, rtol=0, atol=1.5e-4
+    )
     online = faults["days"][2]["online"]
     accounts = want[want[names.TRANSACTION_DATE] == quiet[2]][names.ACCOUNT_ID].nunique()
     assert online == [accounts, str(quiet[2]), str(quiet[2])]
@@ -136,16 +139,7 @@ def test_a_late_event_brings_its_day_and_the_days_after_up_to_date(spark, workbo
     raw = table(spark, workbook_run, names.RAW_TABLE)
     assert raw.filter(F.col(names.TRANSACTION_ID) == late[names.TRANSACTION_ID]).count() == 1
     stored = table(spark, workbook_run, names.FEATURES_TABLE)
-
-    def from_touched(frame):
-        return (
-            frame.filter(F.col(names.TRANSACTION_DATE) >= F.lit(touched))
-            .toPandas()
-            .sort_values(list(names.FEATURE_KEYS))
-            .reset_index(drop=True)
-        )
-
-    want = from_touched(features.daily_account_features(raw))
+    want = rows_from(features.daily_account_features(raw), touched)
     pd.testing.assert_frame_equal(
-        from_touched(stored), want, check_exact=False, rtol=0, atol=1.5e-4
+        rows_from(stored, touched), want, check_exact=False, rtol=0, atol=1.5e-4
     )
