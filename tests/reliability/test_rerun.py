@@ -8,15 +8,14 @@ notebook that made it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import quick_workbook
 from processes import Worker, read_tables, run_worker, wait_until
 from pyspark.sql import functions as F
 
@@ -25,23 +24,8 @@ from workbook.run import NOTEBOOKS
 
 pytestmark = pytest.mark.spark
 
-# The size of the quick benchmark: notebook 03 checks that the model beats the amount
-# rule, which needs enough fraud in both its training and its test days.
-RUN = ["-m", "workbook.run", "--rows", "50000", "--days", "14"]
-# A short loop in 06, long enough for late labels, quality and a decision.
-LABEL_DELAY = 1
-RUN += ["--loop-days", "3", "--drift-from-day", "1", "--label-delay", str(LABEL_DELAY)]
 # Set by each run to the time it ran; everything else must be equal.
 VOLATILE = {"inference_timestamp"}
-
-
-def run_workbook(lakehouse: Path, runs: Path, *only: str) -> None:
-    env = {**os.environ, "WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
-    command = [sys.executable, *RUN, "--runs-dir", str(runs)]
-    if only:
-        command += ["--only", *only]
-    result = subprocess.run(command, env=env, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
 def snapshot(spark, lakehouse: Path, monkeypatch) -> dict[str, Counter]:
@@ -67,21 +51,19 @@ def snapshot(spark, lakehouse: Path, monkeypatch) -> dict[str, Counter]:
 
 
 @pytest.fixture(scope="module")
-def first_run(spark, tmp_path_factory) -> tuple[Path, dict[str, Counter]]:
-    """The workbook run once on a fresh lakehouse, and every table as it left them."""
-    lakehouse = tmp_path_factory.mktemp("rerun") / "lakehouse"
-    run_workbook(lakehouse, lakehouse.parent / "runs")
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        before = snapshot(spark, lakehouse, monkeypatch)
-    assert {"raw-data-bucket/financial_data_delta", "online"} <= set(before)
-    return lakehouse, before
+def first_run(spark) -> Iterator[tuple[quick_workbook.WorkbookRun, dict[str, Counter]]]:
+    """The whole workbook run once (the quick size), and every table as it left them."""
+    with quick_workbook.fresh_copy() as run, pytest.MonkeyPatch.context() as monkeypatch:
+        before = snapshot(spark, run.lakehouse, monkeypatch)
+        assert {"raw-data-bucket/financial_data_delta", "online"} <= set(before)
+        yield run, before
 
 
 def rerun_changes_nothing(spark, first_run, tally, monkeypatch, notebook: str) -> None:
-    lakehouse, before = first_run
+    run, before = first_run
     with tally.fault(f"rerun of {notebook}") as outcome:
-        run_workbook(lakehouse, lakehouse.parent / "runs", notebook)
-        after = snapshot(spark, lakehouse, monkeypatch)
+        run.run(notebook)
+        after = snapshot(spark, run.lakehouse, monkeypatch)
         assert set(after) == set(before)
         for name in before:
             outcome.compare(before[name].elements(), after[name].elements())
@@ -99,7 +81,7 @@ def test_a_daily_step_killed_midway_then_run_again_loses_nothing(spark, first_ru
     and in the predictions, and every raw (account, day) with its feature row. Last in
     this module: it adds a day to the lakehouse the reruns above compare.
     """
-    lakehouse, _ = first_run
+    lakehouse = first_run[0].lakehouse
     env = {"WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
     paths = {
         location.name: str(lakehouse / location.bucket / location.name)
@@ -115,7 +97,7 @@ def test_a_daily_step_killed_midway_then_run_again_loses_nothing(spark, first_ru
     def commits() -> int:
         return len(list(raw_log.glob("*.json")))
 
-    task, log = {"job": "loop", "label_delay": LABEL_DELAY}, tmp_path / "loop.log"
+    task, log = {"job": "loop", "label_delay": quick_workbook.LABEL_DELAY}, tmp_path / "loop.log"
     with tally.fault("daily step (06): kill Python and JVM mid-step, run again") as outcome:
         ingested = commits()
         worker = Worker(task, log, env)

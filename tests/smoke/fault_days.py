@@ -16,10 +16,13 @@ import json
 import sys
 from dataclasses import asdict, replace
 from datetime import timedelta
+from pathlib import Path
 
 from psycopg2 import sql
 
-from conftest import DRIFT_FROM_DAY, LABEL_DELAY  # run as a script, from tests/smoke
+sys.path.insert(0, str(Path(__file__).parents[1]))  # run as a script: tests/ for the size
+from quick_workbook import DRIFT_FROM_DAY, LABEL_DELAY  # noqa: E402
+
 from workbook import intake, loop, names, registry, simulator, store
 from workbook.spark import get_spark
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import pytest
 from pyspark.sql import functions as F
+from quick_workbook import LABEL_DELAY, LOOP_DAYS
 
 from workbook import names
-
-from .conftest import LABEL_DELAY, LOOP_DAYS
 
 pytestmark = pytest.mark.spark
 

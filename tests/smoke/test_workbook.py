@@ -10,10 +10,9 @@ the wrong way, a broken feature) moves the metrics out of their tolerance.
 from __future__ import annotations
 
 import pytest
+from quick_workbook import DAYS, DRIFT_FROM_DAY, LABEL_DELAY, LOOP_DAYS, ROWS, SEED
 
 from workbook.run import NOTEBOOKS
-
-from .conftest import DAYS, DRIFT_FROM_DAY, LABEL_DELAY, LOOP_DAYS, ROWS, SEED
 
 pytestmark = pytest.mark.spark
 

@@ -24,6 +24,7 @@ from pathlib import Path
 import httpx
 import nbformat
 import pytest
+import quick_workbook
 
 from workbook import workshop
 from workbook.config import REPO_ROOT
@@ -32,9 +33,16 @@ from workbook.run import NOTEBOOKS, notebook_parameters
 
 pytestmark = pytest.mark.spark
 CHROMIUM = Path(os.environ.get("WORKBOOK_CHROMIUM", "/usr/bin/chromium"))
-# The smoke suite's size: the learner's path, not the model's accuracy, is under test here.
-SIZE = {"n_transactions": 50_000, "days": 14, "seed": 42, "loop_days": 3,
-        "drift_from_day": 1, "label_delay_days": 1}  # fmt: skip
+# The smoke suite's size (``quick_workbook``): the learner's path, not the model's accuracy,
+# is under test here.
+SIZE = {
+    "n_transactions": quick_workbook.ROWS,
+    "days": quick_workbook.DAYS,
+    "seed": quick_workbook.SEED,
+    "loop_days": quick_workbook.LOOP_DAYS,
+    "drift_from_day": quick_workbook.DRIFT_FROM_DAY,
+    "label_delay_days": quick_workbook.LABEL_DELAY,
+}
 NOTEBOOK_TIMEOUT_S = 900
 # Cells queued or running show [*] in their prompt.
 RUNNING = (
