@@ -16,8 +16,9 @@ import pyarrow as pa
 
 from benchmarks import common
 from workbook import names
+from workbook.features import NEW_MERCHANT_DAYS
 from workbook.ingest import RAW_SCHEMA
-from workbook.names import BATCH_ID, FEATURE_COLUMNS, NIGHT_END_HOUR
+from workbook.names import BATCH_ID, COUNT_FEATURES, FEATURE_COLUMNS, NIGHT_END_HOUR
 
 DAYS = 30
 SEED = 42
@@ -119,6 +120,7 @@ def reference_sql(files: list[str]) -> str:
     """The same definitions as ``workbook.features.daily_account_features``, in DuckDB SQL."""
     file_list = ", ".join(f"'{f}'" for f in files)
     night_end = NIGHT_END_HOUR
+    new_merchant_days = NEW_MERCHANT_DAYS
 
     def window(days: int) -> str:
         return (
@@ -133,6 +135,19 @@ def reference_sql(files: list[str]) -> str:
                CAST(timestamp AS DATE) AS transaction_date,
                hour(timestamp) < {night_end} AS is_night
         FROM read_parquet([{file_list}])
+    ),
+    paid AS (  -- each merchant an account paid on a day, and the day it paid it before
+        SELECT account_id, transaction_date,
+               lag(transaction_date) OVER (PARTITION BY account_id, merchant_id
+                                           ORDER BY transaction_date) AS paid_before
+        FROM (SELECT DISTINCT account_id, merchant_id, transaction_date FROM tx)
+    ),
+    new_merchants AS (
+        SELECT account_id, transaction_date,
+               count(*) FILTER (WHERE paid_before IS NULL
+                                   OR transaction_date - paid_before > {new_merchant_days})
+                   AS daily_new_merchants
+        FROM paid GROUP BY account_id, transaction_date
     ),
     daily AS (
         SELECT account_id, transaction_date,
@@ -157,8 +172,10 @@ def reference_sql(files: list[str]) -> str:
                coalesce(d.daily_total_amount, 0) AS daily_total_amount,
                d.daily_average_amount, d.daily_max_amount,
                coalesce(d.daily_distinct_merchants, 0) AS daily_distinct_merchants,
+               coalesce(n.daily_new_merchants, 0) AS daily_new_merchants,
                coalesce(d.daily_night_count, 0) AS daily_night_count
         FROM calendar c LEFT JOIN daily d USING (account_id, transaction_date)
+                        LEFT JOIN new_merchants n USING (account_id, transaction_date)
     )
     SELECT account_id, transaction_date,
            daily_transaction_count::BIGINT AS daily_transaction_count,
@@ -166,6 +183,7 @@ def reference_sql(files: list[str]) -> str:
            daily_average_amount::DOUBLE AS daily_average_amount,
            daily_max_amount::DOUBLE AS daily_max_amount,
            daily_distinct_merchants::BIGINT AS daily_distinct_merchants,
+           daily_new_merchants::BIGINT AS daily_new_merchants,
            daily_night_count::BIGINT AS daily_night_count,
            (sum(daily_transaction_count) OVER {w7})::BIGINT AS txn_count_7d,
            round(sum(daily_total_amount) OVER {w7}, 2)::DOUBLE AS amount_sum_7d,
@@ -217,7 +235,7 @@ def compare(spark_out: Path, reference_out: Path) -> dict:
         checks += ["count(r.account_id) AS reference_rows"]
         for column in FEATURE_COLUMNS:
             tolerance = TOLERANCE.get(column, 1e-9) + 1e-9
-            if "count" in column or "distinct" in column:
+            if column in COUNT_FEATURES:
                 differs = f"s.{column} IS DISTINCT FROM r.{column}"
             else:
                 differs = (

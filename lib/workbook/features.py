@@ -39,10 +39,30 @@ def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
     return frame.filter(day.between(F.lit(config.day(config.first_day)), F.lit(config.end_date)))
 
 
+NEW_MERCHANT_DAYS = 30  # a merchant the account paid on none of this many days before is new
+
+
+def _new_merchants(tx: DataFrame) -> DataFrame:
+    """Per account and day with a transaction: how many of the merchants it paid were new to it.
+
+    Exact for the days whose ``NEW_MERCHANT_DAYS`` days before are all in ``tx``.
+    """
+    day = F.col(names.TRANSACTION_DATE)
+    paid = tx.select(names.ACCOUNT_ID, names.MERCHANT_ID, day).distinct()
+    before = Window.partitionBy(names.ACCOUNT_ID, names.MERCHANT_ID).orderBy(day)
+    last_paid = F.lag(day).over(before)
+    is_new = last_paid.isNull() | (F.datediff(day, last_paid) > NEW_MERCHANT_DAYS)
+    return (
+        paid.withColumn("_new", is_new)
+        .groupBy(*names.FEATURE_KEYS)
+        .agg(F.count_if("_new").alias(names.DAILY_NEW_MERCHANTS))
+    )
+
+
 def _daily(raw: DataFrame) -> DataFrame:
     """One row per account and day with a transaction: the daily features."""
     tx = raw.withColumn(names.TRANSACTION_DATE, F.to_date(names.TIMESTAMP))
-    return tx.groupBy(*names.FEATURE_KEYS).agg(
+    daily = tx.groupBy(*names.FEATURE_KEYS).agg(
         F.count(names.TRANSACTION_ID).alias(names.DAILY_TRANSACTION_COUNT),
         F.round(F.sum(names.AMOUNT), 2).alias(names.DAILY_TOTAL_AMOUNT),
         F.round(F.avg(names.AMOUNT), 4).alias(names.DAILY_AVERAGE_AMOUNT),
@@ -52,6 +72,7 @@ def _daily(raw: DataFrame) -> DataFrame:
         F.size(F.collect_set(names.MERCHANT_ID)).alias(names.DAILY_DISTINCT_MERCHANTS),
         F.count(F.when(_is_night(), 1)).alias(names.DAILY_NIGHT_COUNT),
     )
+    return daily.join(_new_merchants(tx), list(names.FEATURE_KEYS))
 
 
 def daily_account_features(raw: DataFrame) -> DataFrame:
@@ -109,16 +130,18 @@ LOOKBACK_DAYS = 30  # the longest rolling window: a day's row reads this many da
 def for_days(raw: DataFrame, first: date, last: date, known_accounts: DataFrame) -> DataFrame:
     """The rows of days ``first`` to ``last`` alone, as ``daily_account_features`` gives them.
 
-    They are computed from the raw rows of those days and the ``LOOKBACK_DAYS - 1`` days
-    before, so the cost follows the new days, not the history. Each rolling feature is an
-    aggregate of the daily rows in its day's window (one grouping, no window functions over
-    a calendar of every account and day). Accounts seen before (in ``known_accounts``, an
+    They are computed from the raw rows of those days and the ``LOOKBACK_DAYS`` days before
+    (the rolling windows need 29 of them, the new merchants 30), so the cost follows the new
+    days, not the history. Each rolling feature is an aggregate of the daily rows in its
+    day's window (one grouping, no window functions over a calendar of every account and
+    day). Accounts seen before (in ``known_accounts``, an
     ``account_id`` column) get a row for every day, as in the whole table, also on days
     whose window holds none of their transactions.
     """
     start = first - timedelta(days=LOOKBACK_DAYS - 1)
     day, target = F.col(names.TRANSACTION_DATE), F.col("_day")
-    window = raw.filter(F.to_date(names.TIMESTAMP).between(F.lit(start), F.lit(last)))
+    read_from = first - timedelta(days=max(LOOKBACK_DAYS - 1, NEW_MERCHANT_DAYS))
+    window = raw.filter(F.to_date(names.TIMESTAMP).between(F.lit(read_from), F.lit(last)))
     daily = _daily(window).localCheckpoint()  # read three times below: computed once
     # The days to compute: from ``first`` to the newest day with data, as the whole table.
     targets = (
@@ -203,6 +226,7 @@ def transaction_features(transactions: DataFrame, features: DataFrame) -> DataFr
         names.ACCOUNT_ID,
         F.col(names.TRANSACTION_DATE).alias(as_of),
         F.col(names.DAILY_TRANSACTION_COUNT).alias(names.PREV_DAY_COUNT),
+        F.col(names.DAILY_NEW_MERCHANTS).alias(names.PREV_DAY_NEW_MERCHANTS),
         *names.ROLLING_FEATURES,
     )
     joined = tx.join(history, [names.ACCOUNT_ID, as_of], "left")
@@ -223,6 +247,7 @@ def transaction_features(transactions: DataFrame, features: DataFrame) -> DataFr
         names.AMOUNT_MAX_7D_LOG: F.log1p(F.coalesce(names.AMOUNT_MAX_7D, F.lit(0.0))),
         names.NIGHT_SHARE_7D: F.coalesce(names.NIGHT_SHARE_7D, F.lit(0.0)),
         names.TXN_COUNT_30D: or_zero(names.TXN_COUNT_30D).cast("double"),
+        names.PREV_DAY_NEW_MERCHANTS: or_zero(names.PREV_DAY_NEW_MERCHANTS).cast("double"),
     }
     return joined.select(
         *transactions.columns,

@@ -151,11 +151,17 @@ def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
     """
     from delta.tables import DeltaTable
 
+    target = DeltaTable.forPath(spark, path)
+    if missing := [c for c in rows.columns if c not in target.toDF().columns]:
+        raise ValueError(
+            f"The table at {path} has no column {', '.join(missing)}: an earlier version of "
+            "the workbook made it. Start again from an empty lakehouse (`make reset` locally, "
+            "`make stack-reset` on the stack) and run the notebooks again."
+        )
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in rows.columns if c not in keys)
     (
-        DeltaTable.forPath(spark, path)
-        .alias("t")
+        target.alias("t")
         .merge(rows.alias("s"), on)
         .whenMatchedUpdateAll(condition=changed)
         .whenNotMatchedInsertAll()

@@ -61,6 +61,7 @@ DAILY_TOTAL_AMOUNT = "daily_total_amount"
 DAILY_AVERAGE_AMOUNT = "daily_average_amount"
 DAILY_MAX_AMOUNT = "daily_max_amount"
 DAILY_DISTINCT_MERCHANTS = "daily_distinct_merchants"
+DAILY_NEW_MERCHANTS = "daily_new_merchants"  # paid that day, and on none of the 30 before
 DAILY_NIGHT_COUNT = "daily_night_count"
 TXN_COUNT_7D = "txn_count_7d"
 AMOUNT_SUM_7D = "amount_sum_7d"
@@ -74,6 +75,7 @@ DAILY_FEATURES = (
     DAILY_AVERAGE_AMOUNT,
     DAILY_MAX_AMOUNT,
     DAILY_DISTINCT_MERCHANTS,
+    DAILY_NEW_MERCHANTS,
     DAILY_NIGHT_COUNT,
 )
 ROLLING_FEATURES = (
@@ -90,6 +92,7 @@ FEATURE_KEYS = (ACCOUNT_ID, TRANSACTION_DATE)
 COUNT_FEATURES = (
     DAILY_TRANSACTION_COUNT,
     DAILY_DISTINCT_MERCHANTS,
+    DAILY_NEW_MERCHANTS,
     DAILY_NIGHT_COUNT,
     TXN_COUNT_7D,
     TXN_COUNT_30D,
@@ -104,6 +107,7 @@ AMOUNT_LOG = "amount_log"
 AMOUNT_VS_30D_AVG = "amount_vs_30d_avg"
 IS_NIGHT = "is_night"
 PREV_DAY_COUNT = "prev_day_count"
+PREV_DAY_NEW_MERCHANTS = "prev_day_new_merchants"
 AMOUNT_SUM_7D_LOG = "amount_sum_7d_log"
 AMOUNT_MAX_7D_LOG = "amount_max_7d_log"
 NUMERIC_INPUTS = (
@@ -116,6 +120,7 @@ NUMERIC_INPUTS = (
     AMOUNT_MAX_7D_LOG,
     NIGHT_SHARE_7D,
     TXN_COUNT_30D,
+    PREV_DAY_NEW_MERCHANTS,
 )
 CATEGORICAL_INPUTS = (CATEGORY, TRANSACTION_TYPE)
 NIGHT_END_HOUR = 6  # "night" in the features' names: 00:00 to 05:59 UTC

@@ -384,6 +384,7 @@ def transaction_inputs(transaction: Mapping, account_row: Mapping | None) -> dic
         names.AMOUNT_MAX_7D_LOG: _log1p(float(_coalesce(history.get(names.AMOUNT_MAX_7D), 0.0))),
         names.NIGHT_SHARE_7D: float(_coalesce(history.get(names.NIGHT_SHARE_7D), 0.0)),
         names.TXN_COUNT_30D: float(_coalesce(history.get(names.TXN_COUNT_30D), 0)),
+        names.PREV_DAY_NEW_MERCHANTS: float(_coalesce(history.get(names.DAILY_NEW_MERCHANTS), 0)),
     }
     return {c: inputs[c] for c in names.NUMERIC_INPUTS}
 

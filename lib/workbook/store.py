@@ -156,6 +156,21 @@ def create_tables(conn) -> None:
                 s=sql.Identifier(STAGING), cols=columns
             )
         )
+        # A table made before a feature was added gets its column (null until refreshed).
+        cur.execute(
+            "SELECT table_name, column_name FROM information_schema.columns "
+            "WHERE table_name IN (%s, %s)",
+            (TABLE, STAGING),
+        )
+        present = set(cur.fetchall())
+        for table in (TABLE, STAGING):
+            for column, kind in _column_types().items():
+                if (table, column) not in present:
+                    cur.execute(
+                        sql.SQL("ALTER TABLE {} ADD COLUMN {} {}").format(
+                            sql.Identifier(table), sql.Identifier(column), sql.SQL(kind)
+                        )
+                    )
         if local:
             _create_local_reader(cur)
 

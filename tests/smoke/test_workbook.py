@@ -18,7 +18,7 @@ pytestmark = pytest.mark.spark
 
 # Measured at this size and seed; the tolerance allows for another platform's floating
 # point, not for another model.
-EXPECTED = {"roc_auc": (0.979, 0.01), "pr_auc": (0.448, 0.03)}
+EXPECTED = {"roc_auc": (0.978, 0.01), "pr_auc": (0.569, 0.03)}
 
 
 @pytest.fixture(scope="module")

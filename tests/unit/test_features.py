@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from workbook import features, ingest, lakehouse, names, simulator
 from workbook.simulator import SimulationConfig
@@ -32,6 +33,15 @@ EDGE_ROWS = [
     # Rounding ties: Spark's round is HALF_UP (2.125 -> 2.13, 1.03125 -> 1.0313).
     ("ACC_TIE", "2025-01-30T10:00:00Z", 2.125, "M1"),
     ("ACC_TIE", "2025-01-31T10:00:00Z", 1.03125, "M1"),
+    # A merchant is new again after 30 days without it: paid again 30 days later it is known
+    # (M1, M3), 31 days later new (M2); two payments to one new merchant count once.
+    ("ACC_MERCHANTS", "2025-01-01T10:00:00Z", 20.0, "M1"),
+    ("ACC_MERCHANTS", "2025-01-05T10:00:00Z", 20.0, "M2"),
+    ("ACC_MERCHANTS", "2025-01-06T10:00:00Z", 20.0, "M3"),
+    ("ACC_MERCHANTS", "2025-01-31T10:00:00Z", 20.0, "M1"),
+    ("ACC_MERCHANTS", "2025-02-05T10:00:00Z", 20.0, "M2"),
+    ("ACC_MERCHANTS", "2025-02-05T11:00:00Z", 20.0, "M2"),
+    ("ACC_MERCHANTS", "2025-02-05T12:00:00Z", 20.0, "M3"),
     # First seen on the last day of the data: a single row.
     ("ACC_LATE", "2025-02-14T23:59:59Z", 3.5, "M9"),
 ]
@@ -109,6 +119,14 @@ def expected_features(tx: pd.DataFrame) -> pd.DataFrame:
         }
     )
     last_day = frame["day"].max()
+    new_merchants = {}  # (account, day) -> merchants paid that day and on none of the 30 before
+    for account, rows in frame.sort_values("day").groupby("account"):
+        last_paid = {}
+        for day, merchants in rows.groupby("day")["merchant"]:
+            new_merchants[account, day] = sum(
+                m not in last_paid or (day - last_paid[m]).days > 30 for m in set(merchants)
+            )
+            last_paid.update(dict.fromkeys(merchants, day))
     out = []
     for (account, day), rows in frame.groupby(["account", "day"]):
         out.append(
@@ -120,6 +138,7 @@ def expected_features(tx: pd.DataFrame) -> pd.DataFrame:
                 "daily_average_amount": half_up(rows["amount"].mean(), 4),
                 "daily_max_amount": rows["amount"].max(),
                 "daily_distinct_merchants": rows["merchant"].nunique(),
+                "daily_new_merchants": new_merchants[account, day],
                 "daily_night_count": int(rows["night"].sum()),
             }
         )
@@ -130,6 +149,7 @@ def expected_features(tx: pd.DataFrame) -> pd.DataFrame:
         "daily_average_amount": math.nan,
         "daily_max_amount": math.nan,
         "daily_distinct_merchants": 0,
+        "daily_new_merchants": 0,
         "daily_night_count": 0,
     }
     rows = []
@@ -233,6 +253,8 @@ def test_reference_covers_the_edges(daily, grid_tx):
     assert want.loc[("ACC_TIE", "2025-01-30"), "daily_total_amount"] == 2.13
     assert want.loc[("ACC_TIE", "2025-01-31"), "daily_average_amount"] == 1.0313
     assert len(want.loc["ACC_LATE"]) == 1
+    new = want.loc["ACC_MERCHANTS", "daily_new_merchants"]
+    assert (new["2025-01-01"], new["2025-01-31"], new["2025-02-05"]) == (1, 0, 1)
 
 
 def test_edge_accounts(daily):
@@ -340,6 +362,15 @@ def test_upsert_is_idempotent_and_counts_changes(spark, tmp_path, grid_tx):
     rows.unpersist()
 
 
+def test_upsert_into_a_table_without_a_new_column_says_how_to_start_again(spark, tmp_path):
+    path = str(tmp_path / "older")
+    older = T.StructType([f for f in features.FEATURES_SCHEMA if f.name != "daily_new_merchants"])
+    lakehouse.ensure_table(spark, path, older)
+    rows = spark.createDataFrame([], features.FEATURES_SCHEMA)
+    with pytest.raises(ValueError, match=r"no column daily_new_merchants.*make reset"):
+        lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+
+
 def test_days_appended_later_change_no_feature_of_the_period(spark, grid_tx):
     """04 appends the following day to raw; 02 and 03 keep to the simulated period."""
     later, _ = simulator.simulate(CONFIG.following_days(1))
@@ -362,6 +393,7 @@ def test_the_rows_of_new_days_alone_equal_the_whole_tables(spark, daily, grid_tx
     got = features.for_days(raw, first, last, known).toPandas()
     want = daily[daily[names.TRANSACTION_DATE] >= first]
     assert "ACC_GAP" in set(got[names.ACCOUNT_ID]), "an account idle for longer than the window"
+    # ACC_MERCHANTS paid M3 on first - 30 days and again on first: it is not new on first.
     assert_features_equal(got, want)
     # History before the window changes no row of the new days.
     old = grid_tx.iloc[[0]].assign(

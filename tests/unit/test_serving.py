@@ -45,10 +45,7 @@ UNKNOWN = "ACC999999"
 def latest_rows() -> pd.DataFrame:
     rows = []
     for i, account in enumerate(ACCOUNTS):
-        row = {
-            c: (i + 1) if "count" in c or "distinct" in c else 10.0 * (i + 1)
-            for c in FEATURE_COLUMNS
-        }
+        row = {c: (i + 1) if c in names.COUNT_FEATURES else 10.0 * (i + 1) for c in FEATURE_COLUMNS}
         row["daily_average_amount"] = None if i == 0 else row["daily_average_amount"]
         rows.append({names.ACCOUNT_ID: account, names.TRANSACTION_DATE: FEATURE_DAY, **row})
     return pd.DataFrame(rows)

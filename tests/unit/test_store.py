@@ -10,7 +10,7 @@ import read_only
 from psycopg2.extensions import parse_dsn
 
 from workbook import config, names, store
-from workbook.names import FEATURE_COLUMNS
+from workbook.names import COUNT_FEATURES, FEATURE_COLUMNS
 
 pytestmark = pytest.mark.postgres
 
@@ -18,10 +18,7 @@ pytestmark = pytest.mark.postgres
 def latest_rows(n: int = 5, amount: float = 10.0) -> pd.DataFrame:
     rows = []
     for i in range(n):
-        row = {
-            c: (i + 1) if "count" in c or "distinct" in c else amount * (i + 1)
-            for c in FEATURE_COLUMNS
-        }
+        row = {c: (i + 1) if c in COUNT_FEATURES else amount * (i + 1) for c in FEATURE_COLUMNS}
         row["daily_average_amount"] = None if i == 0 else row["daily_average_amount"]
         rows.append(
             {names.ACCOUNT_ID: f"ACC{i:06d}", names.TRANSACTION_DATE: dt.date(2025, 1, 30), **row}
@@ -44,6 +41,18 @@ def test_materialize_is_idempotent(conn):
     assert store.materialize(conn, rows) == {"inserted": 5, "updated": 0, "unchanged": 0}
     assert store.materialize(conn, rows) == {"inserted": 0, "updated": 0, "unchanged": 5}
     assert len(store.read_all()) == 5
+
+
+def test_a_table_made_before_a_feature_was_added_gets_its_column(conn):
+    store.materialize(conn, latest_rows())
+    newest = names.FEATURE_COLUMNS[-1]
+    with conn, conn.cursor() as cur:
+        for table in (store.TABLE, store.STAGING):
+            cur.execute(f"ALTER TABLE {table} DROP COLUMN {newest}")
+    store.create_tables(conn)
+    assert store.read_all()[newest].isna().all()  # null until the next refresh fills it
+    assert store.materialize(conn, latest_rows()) == {"inserted": 0, "updated": 5, "unchanged": 0}
+    assert store.read_all()[newest].notna().all()
 
 
 def test_materialize_updates_only_changed_rows(conn):
