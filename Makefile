@@ -146,4 +146,5 @@ clean: reset
 refresh-outputs: setup  ## re-execute every notebook on a fresh lakehouse and keep the outputs (what nbval compares)
 	tmp=$$(mktemp -d) && WORKBOOK_LAKEHOUSE=$$tmp $(BIN)/jupyter nbconvert --to notebook --execute --inplace \
 		--ExecutePreprocessor.record_timing=False --ExecutePreprocessor.timeout=1800 notebooks/0*.ipynb; \
-		status=$$?; rm -rf $$tmp; exit $$status
+		status=$$?; WORKBOOK_LAKEHOUSE=$$tmp $(BIN)/python -m workbook.local_postgres stop; \
+		rm -rf $$tmp; exit $$status

@@ -33,7 +33,7 @@ ARGS = ["--rows", str(ROWS), "--days", str(DAYS), "--seed", str(SEED)]
 ARGS += ["--loop-days", str(LOOP_DAYS), "--drift-from-day", str(DRIFT_FROM_DAY)]
 ARGS += ["--label-delay", str(LABEL_DELAY)]
 SOURCES = ("lib/workbook", "notebooks", "pyproject.toml")
-HOME = Path(os.environ.get("WORKBOOK_QUICK_RUNS", REPO_ROOT / "runs" / "quick-workbook"))
+HOME = REPO_ROOT / "runs" / "quick-workbook"
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,6 @@ import quick_workbook
 
 @pytest.fixture(scope="session")
 def workbook_run():
-    """The notebooks, headless, as ``make run`` runs them, on a lakehouse of their own."""
+    """The notebooks run headless as ``make run`` runs them; a fresh copy for this session."""
     with quick_workbook.fresh_copy() as run:
         yield run
