@@ -599,12 +599,15 @@ def main(argv=None) -> int:
     parser.add_argument("--label-delay", type=int, default=LoopSettings.label_delay_days)
     parser.add_argument("--drift-from", type=date.fromisoformat, help="the drift's first day")
     args = parser.parse_args(argv)
+    from workbook.run import local_postgres_stopped_at_the_end
+
     spark = get_spark("06_monitor_retrain")
     config = lakehouse.load_simulation(spark)
     drift = DriftScenario(config.index_of(args.drift_from)) if args.drift_from else None
     settings = LoopSettings(label_delay_days=args.label_delay, drift=drift)
-    for _ in range(args.days):
-        print(run_day(spark, next_day(spark), settings).to_json(), flush=True)
+    with local_postgres_stopped_at_the_end():  # as the runner: one this command started
+        for _ in range(args.days):
+            print(run_day(spark, next_day(spark), settings).to_json(), flush=True)
     spark.stop()
     return 0
 

@@ -177,8 +177,9 @@ def summarize(report: dict, wall: dict, peak_mb: float, parameters: dict) -> dic
 
 @contextlib.contextmanager
 def local_postgres_stopped_at_the_end():
-    """The local PostgreSQL this run starts (05) ends with the run, and starts again with the
-    next notebook that needs it. One already running (JupyterLab's) is left as it is."""
+    """The local PostgreSQL this run starts (05, or a daily step of 06) ends with the run,
+    and starts again with the next notebook that needs it. One already running (JupyterLab's)
+    is left as it is."""
     settings = get_settings()
     ours = settings.profile == "local" and not local_postgres.running(settings.postgres_dir)
     try:
