@@ -159,7 +159,7 @@ def create_tables(conn) -> None:
         # A table made before a feature was added gets its column (null until refreshed).
         cur.execute(
             "SELECT table_name, column_name FROM information_schema.columns "
-            "WHERE table_name IN (%s, %s)",
+            "WHERE table_schema = current_schema() AND table_name IN (%s, %s)",
             (TABLE, STAGING),
         )
         present = set(cur.fetchall())
