@@ -149,11 +149,13 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
 
 def data_clock(checked: DataFrame, raw: DataFrame):
     """The data's clock for a batch: the newest event time in raw and among its valid events."""
-    newest = [
-        frame.agg(F.max(names.TIMESTAMP)).first()[0]
-        for frame in (raw, checked.filter(F.col(names.REASON).isNull()))
-    ]
-    return max((t for t in newest if t is not None), default=None)
+    valid = checked.filter(F.col(names.REASON).isNull())
+    newest = valid.agg(F.max(names.TIMESTAMP)).first()[0]
+    # Only raw's events newer than the batch's can move the clock: the files that hold none
+    # are skipped by their statistics, so the cost follows the batch, not raw's size.
+    later = raw if newest is None else raw.filter(F.col(names.TIMESTAMP) > F.lit(newest))
+    newer = later.agg(F.max(names.TIMESTAMP)).first()[0]
+    return max((t for t in (newest, newer) if t is not None), default=None)
 
 
 def mark_late(checked: DataFrame, clock) -> DataFrame:

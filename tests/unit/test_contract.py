@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
+from pyspark.sql import functions as F
 from test_validation import GOOD
 
-from workbook import contract, ingest, intake, names, serving, simulator
+from workbook import contract, ingest, intake, lakehouse, names, serving, simulator
 
 VALID = GOOD  # a valid event, all nine fields
 VALID_LINES = [
@@ -125,6 +126,35 @@ def test_late_events_against_the_data_clock(spark):
     outcomes, accepted = intake.judge([newest, on_time, late])  # the batch's own clock
     assert [o.reason for o in outcomes] == [None, None, "late_event"]
     assert accepted == [json.dumps(newest), json.dumps(on_time)]
+
+
+@pytest.mark.spark
+@pytest.mark.parametrize(
+    ("raw_days", "batch_days", "clock_day"),
+    [((3, 9), (5,), 9), ((3,), (5, 7), 7), ((), (5,), 5), ((3,), (), 3), ((), (), None)],
+    ids=["raw_newer", "batch_newer", "empty_raw", "no_valid_event", "nothing"],
+)
+def test_the_data_clock_is_the_newest_event_of_raw_and_the_batch(
+    spark, tmp_path, raw_days, batch_days, clock_day
+):
+    def line(day):
+        return json.dumps(VALID | {names.TIMESTAMP: f"2025-06-0{day}T12:00:00Z"})
+
+    frame = spark.createDataFrame([(line(d),) for d in (*batch_days, 1)], "value string")
+    checked = ingest.parse_and_validate(frame).withColumn(  # the day-1 event is refused
+        names.REASON, F.when(F.col(names.TIMESTAMP).cast("date") == "2025-06-01", "refused")
+    )
+    path = str(tmp_path / "raw")
+    lakehouse.ensure_table(spark, path, ingest.RAW_SCHEMA)
+    for day in raw_days:  # a file each, as each ingestion batch writes
+        rows = [
+            (f"TX-{day}", datetime(2025, 6, day, 12), "ACC", 1.0, "EUR", None, None, None, None, 0)
+        ]
+        spark.createDataFrame(rows, ingest.RAW_SCHEMA).write.format("delta").mode("append").save(
+            path
+        )
+    clock = ingest.data_clock(checked, spark.read.format("delta").load(path))
+    assert clock == (clock_day and datetime(2025, 6, clock_day, 12))
 
 
 def test_a_batch_refuses_a_repeated_transaction_id_after_its_first_valid_event():
