@@ -42,25 +42,38 @@ def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
 NEW_MERCHANT_DAYS = 30  # a merchant the account paid on none of this many days before is new
 
 
-def _new_merchants(tx: DataFrame) -> DataFrame:
-    """Per account and day with a transaction: how many of the merchants it paid were new to it.
+def _new_merchants(tx: DataFrame, earlier: DataFrame | None = None) -> DataFrame:
+    """Per account and day of ``tx``: how many of the merchants it paid were new to it.
 
-    Exact for the days whose ``NEW_MERCHANT_DAYS`` days before are all in ``tx``.
+    Exact for the days whose ``NEW_MERCHANT_DAYS`` days before are in ``tx`` or ``earlier``
+    (raw rows of days before ``tx``'s, read only for the pairs ``tx`` holds).
     """
     day = F.col(names.TRANSACTION_DATE)
-    paid = tx.select(names.ACCOUNT_ID, names.MERCHANT_ID, day).distinct()
-    before = Window.partitionBy(names.ACCOUNT_ID, names.MERCHANT_ID).orderBy(day)
-    last_paid = F.lag(day).over(before)
+    pair = [names.ACCOUNT_ID, names.MERCHANT_ID]
+    paid = tx.select(*pair, day).distinct().withColumn("_counted", F.lit(True))
+    if earlier is not None:
+        before = (
+            earlier.select(*pair, F.to_date(names.TIMESTAMP).alias(names.TRANSACTION_DATE))
+            .join(paid.select(*pair), pair, "left_semi")
+            .distinct()
+            .withColumn("_counted", F.lit(False))
+        )
+        paid = paid.unionByName(before)
+    last_paid = F.lag(day).over(Window.partitionBy(*pair).orderBy(day))
     is_new = last_paid.isNull() | (F.datediff(day, last_paid) > NEW_MERCHANT_DAYS)
     return (
         paid.withColumn("_new", is_new)
+        .filter("_counted")
         .groupBy(*names.FEATURE_KEYS)
         .agg(F.count_if("_new").alias(names.DAILY_NEW_MERCHANTS))
     )
 
 
-def _daily(raw: DataFrame) -> DataFrame:
-    """One row per account and day with a transaction: the daily features."""
+def _daily(raw: DataFrame, earlier: DataFrame | None = None) -> DataFrame:
+    """One row per account and day with a transaction: the daily features.
+
+    ``earlier``: the raw rows of the ``NEW_MERCHANT_DAYS`` days before, when ``raw`` lacks them.
+    """
     tx = raw.withColumn(names.TRANSACTION_DATE, F.to_date(names.TIMESTAMP))
     daily = tx.groupBy(*names.FEATURE_KEYS).agg(
         F.count(names.TRANSACTION_ID).alias(names.DAILY_TRANSACTION_COUNT),
@@ -72,7 +85,7 @@ def _daily(raw: DataFrame) -> DataFrame:
         F.size(F.collect_set(names.MERCHANT_ID)).alias(names.DAILY_DISTINCT_MERCHANTS),
         F.count(F.when(_is_night(), 1)).alias(names.DAILY_NIGHT_COUNT),
     )
-    return daily.join(_new_merchants(tx), list(names.FEATURE_KEYS))
+    return daily.join(_new_merchants(tx, earlier), list(names.FEATURE_KEYS))
 
 
 def daily_account_features(raw: DataFrame) -> DataFrame:
@@ -127,22 +140,39 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
 LOOKBACK_DAYS = 30  # the longest rolling window: a day's row reads this many days of raw
 
 
-def for_days(raw: DataFrame, first: date, last: date, known_accounts: DataFrame) -> DataFrame:
+def for_days(raw: DataFrame, stored: DataFrame, first: date, last: date) -> DataFrame:
     """The rows of days ``first`` to ``last`` alone, as ``daily_account_features`` gives them.
 
-    They are computed from the raw rows of those days and the ``LOOKBACK_DAYS`` days before
-    (the rolling windows need 29 of them, the new merchants 30), so the cost follows the new
-    days, not the history. Each rolling feature is an aggregate of the daily rows in its
-    day's window (one grouping, no window functions over a calendar of every account and
-    day). Accounts seen before (in ``known_accounts``, an
-    ``account_id`` column) get a row for every day, as in the whole table, also on days
-    whose window holds none of their transactions.
+    The days' own daily features come from raw's rows of those days (and the merchants the
+    accounts paid in the ``NEW_MERCHANT_DAYS`` days before); the rolling windows add the
+    daily features of the ``LOOKBACK_DAYS`` - 1 days before, as the feature table ``stored``
+    holds them (days a late event touched are among the days computed, so those before are
+    as they were). So the cost follows the new days, not the history. Each rolling feature
+    is an aggregate of the daily rows in its day's window (one grouping, no window functions
+    over a calendar of every account and day). Accounts with a stored row on the day before
+    ``first`` get a row for every day, as in the whole table, also on days whose window
+    holds none of their transactions.
     """
     start = first - timedelta(days=LOOKBACK_DAYS - 1)
     day, target = F.col(names.TRANSACTION_DATE), F.col("_day")
-    read_from = first - timedelta(days=max(LOOKBACK_DAYS - 1, NEW_MERCHANT_DAYS))
-    window = raw.filter(F.to_date(names.TIMESTAMP).between(F.lit(read_from), F.lit(last)))
-    daily = _daily(window).localCheckpoint()  # read three times below: computed once
+    # Bounds on the timestamp itself, so raw's files outside them are skipped by their stats.
+    instant = F.col(names.TIMESTAMP)
+
+    def midnight(of: date):
+        return F.lit(str(of)).cast("timestamp")  # in the session's time zone, as to_date
+
+    read_from = first - timedelta(days=NEW_MERCHANT_DAYS)
+    until = midnight(last + timedelta(days=1))
+    window = raw.filter((instant >= midnight(read_from)) & (instant < until))
+    new = window.filter(instant >= midnight(first))
+    earlier = window.filter(instant < midnight(first))
+    before = stored.filter(day.between(F.lit(start), F.lit(first - timedelta(days=1))))
+    known_accounts = stored.filter(day == F.lit(first - timedelta(days=1)))
+    active_before = before.filter(F.col(names.DAILY_TRANSACTION_COUNT) > 0).select(
+        *names.FEATURE_KEYS, *names.DAILY_FEATURES
+    )
+    # Read three times below: computed once.
+    daily = _daily(new, earlier).unionByName(active_before).localCheckpoint()
     # The days to compute: from ``first`` to the newest day with data, as the whole table.
     targets = (
         daily.filter(day >= F.lit(first))

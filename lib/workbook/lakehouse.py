@@ -152,12 +152,7 @@ def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
     from delta.tables import DeltaTable
 
     target = DeltaTable.forPath(spark, path)
-    if missing := [c for c in rows.columns if c not in target.toDF().columns]:
-        raise ValueError(
-            f"The table at {path} has no column {', '.join(missing)}: an earlier version of "
-            "the workbook made it. Start again from an empty lakehouse (`make reset` locally, "
-            "`make stack-reset` on the stack) and run the notebooks again."
-        )
+    _require_columns(path, target.toDF().columns, rows.columns)
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in rows.columns if c not in keys)
     (
@@ -172,6 +167,23 @@ def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
         "inserted": int(metrics.get("numTargetRowsInserted", 0)),
         "updated": int(metrics.get("numTargetRowsUpdated", 0)),
     }
+
+
+def append(spark, path: str, rows) -> None:
+    """Add ``rows`` (new keys only) to the Delta table at ``path``: one job, where a MERGE
+    runs a dozen."""
+    _require_columns(path, spark.read.format("delta").load(path).columns, rows.columns)
+    rows.write.format("delta").mode("append").save(path)
+
+
+def _require_columns(path: str, stored: list[str], written: list[str]) -> None:
+    """A table made by an earlier version of the workbook lacks a column: say what to do."""
+    if missing := [c for c in written if c not in stored]:
+        raise ValueError(
+            f"The table at {path} has no column {', '.join(missing)}: an earlier version of "
+            "the workbook made it. Start again from an empty lakehouse (`make reset` locally, "
+            "`make stack-reset` on the stack) and run the notebooks again."
+        )
 
 
 def upsert_few(spark, path: str, rows, keys: list[str]) -> dict[str, int]:

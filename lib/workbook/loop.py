@@ -245,10 +245,8 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
     if first > day:
         return []  # done before: a rerun of the day
     raw = lakehouse.read_table(spark, names.RAW_TABLE, raw_version)
-    # Every account seen before has a row on every later day: the day before's rows name them.
-    known = table.filter(F.col(names.TRANSACTION_DATE) == F.lit(first - timedelta(days=1)))
     # Computed once (a few thousand rows a day), not again in each pass of the MERGE.
-    rows = features.for_days(raw, first, day, known).localCheckpoint()
+    rows = features.for_days(raw, table, first, day).localCheckpoint()
     # None when no valid transaction has come since: the table still ends where the data does.
     days = sorted(r[0] for r in rows.select(names.TRANSACTION_DATE).distinct().collect())
     if not days:
@@ -257,7 +255,7 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
         if first <= last:  # days stored before change: a MERGE
             lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
         else:  # new days only: new keys, so an append (one job) does what a MERGE (a dozen) would
-            rows.write.format("delta").mode("append").save(path)
+            lakehouse.append(spark, path, rows)
     return days
 
 

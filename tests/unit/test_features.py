@@ -362,13 +362,17 @@ def test_upsert_is_idempotent_and_counts_changes(spark, tmp_path, grid_tx):
     rows.unpersist()
 
 
-def test_upsert_into_a_table_without_a_new_column_says_how_to_start_again(spark, tmp_path):
+@pytest.mark.parametrize("write", ["upsert", "append"])
+def test_a_write_to_a_table_without_a_new_column_says_how_to_start_again(spark, tmp_path, write):
     path = str(tmp_path / "older")
     older = T.StructType([f for f in features.FEATURES_SCHEMA if f.name != "daily_new_merchants"])
     lakehouse.ensure_table(spark, path, older)
     rows = spark.createDataFrame([], features.FEATURES_SCHEMA)
     with pytest.raises(ValueError, match=r"no column daily_new_merchants.*make reset"):
-        lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+        if write == "upsert":
+            lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+        else:
+            lakehouse.append(spark, path, rows)
 
 
 def test_days_appended_later_change_no_feature_of_the_period(spark, grid_tx):
@@ -389,8 +393,10 @@ def test_the_rows_of_new_days_alone_equal_the_whole_tables(spark, daily, grid_tx
     """The daily step computes only the days the new data touches, from their window."""
     first, last = date(2025, 2, 5), CONFIG.end_date
     raw = to_raw(spark, grid_tx)
-    known = raw.filter(F.to_date(names.TIMESTAMP) < F.lit(first)).select(names.ACCOUNT_ID)
-    got = features.for_days(raw, first, last, known).toPandas()
+    # The table as it stood before ``first``: the rolling windows read its daily features.
+    day = F.col(names.TRANSACTION_DATE)
+    stored = features.daily_account_features(raw).filter(day < F.lit(first)).localCheckpoint()
+    got = features.for_days(raw, stored, first, last).toPandas()
     want = daily[daily[names.TRANSACTION_DATE] >= first]
     assert "ACC_GAP" in set(got[names.ACCOUNT_ID]), "an account idle for longer than the window"
     # ACC_MERCHANTS paid M3 on first - 30 days and again on first: it is not new on first.
@@ -400,4 +406,4 @@ def test_the_rows_of_new_days_alone_equal_the_whole_tables(spark, daily, grid_tx
         **{names.TRANSACTION_ID: "OLD-1", names.TIMESTAMP: "2024-06-01T12:00:00Z"}
     )
     older = to_raw(spark, pd.concat([grid_tx, old], ignore_index=True))
-    assert_features_equal(features.for_days(older, first, last, known).toPandas(), want)
+    assert_features_equal(features.for_days(older, stored, first, last).toPandas(), want)
