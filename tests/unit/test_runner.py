@@ -2,8 +2,12 @@
 
 import argparse
 import json
+import subprocess
+import sys
+import time
 
 import nbformat
+import psutil
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
@@ -98,3 +102,38 @@ def test_catch_up_runs_the_notebooks_before_the_one_named(tmp_path, monkeypatch,
     assert run.notebook_named("3") == run.notebook_named("03_third") == "03_third"
     with pytest.raises(argparse.ArgumentTypeError):
         run.notebook_named("07")
+
+
+# A process that fills 200 MB, then forks a copy that shares those pages and waits.
+FORKED = """
+import os, sys, time
+held = bytearray(200 * 2**20)
+for i in range(0, len(held), 4096):
+    held[i] = 1
+if os.fork() == 0:
+    time.sleep(30)
+    os._exit(0)
+print("ready", flush=True)
+time.sleep(30)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="shared pages counted on Linux")
+def test_the_peak_counts_pages_a_fork_shares_once():
+    def peak_with(child_code: str) -> float:
+        child = subprocess.Popen([sys.executable, "-c", child_code], stdout=subprocess.PIPE)
+        try:
+            assert child.stdout.readline().strip() == b"ready"
+            with run.PeakMemory(interval=0.1) as memory:
+                time.sleep(1)
+            return memory.peak_mb
+        finally:
+            for proc in psutil.Process(child.pid).children():
+                proc.kill()
+            child.kill()
+            child.wait()
+
+    alone = peak_with(FORKED.replace("if os.fork() == 0:", "if False:"))
+    forked = peak_with(FORKED)
+    assert alone > 200
+    assert forked - alone < 50, f"the fork's shared 200 MB counted again: {alone} -> {forked}"
