@@ -137,7 +137,7 @@ def daily_account_features(raw: DataFrame) -> DataFrame:
     return features.select([F.col(f.name).cast(f.dataType) for f in FEATURES_SCHEMA])
 
 
-LOOKBACK_DAYS = 30  # the longest rolling window: a day's row reads this many days of raw
+LOOKBACK_DAYS = 30  # the longest rolling window, in days
 
 
 def for_days(raw: DataFrame, stored: DataFrame, first: date, last: date) -> DataFrame:

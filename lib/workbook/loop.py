@@ -5,8 +5,8 @@ Notebooks 01 to 05 build the platform once; ``run_day`` then runs it for one new
 1. land the day's events and ingest them (01's ingestion): the simulated day, or any
    lines given instead (a day of bad events, a day without any);
 2. compute the feature rows of the days the raw table has and the feature table lacks, and
-   of the days that late events touched, from their 30-day window alone, and add them (the
-   cost follows the new data);
+   of the days that late events touched, from raw's rows of those days and the stored daily
+   rows of the days before, and add them (the cost follows the new data);
 3. refresh the online store from the newest rows;
 4. score the day with the champion (04's scoring stream, drained and stopped);
 5. receive the labels of the day ``label_delay_days`` ago, as a bank learns of fraud late;

@@ -97,7 +97,7 @@ def jar_conf(settings: Settings) -> dict[str, str]:
 
 
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
-    java_opts = f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} {settings.jvm_options}"
+    java_opts = _java_options(settings.jvm_options)
     return {
         "spark.app.name": app_name,
         "spark.master": settings.spark_master,
@@ -119,6 +119,11 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
             "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"
         ),
     }
+
+
+def _java_options(flags: str) -> str:
+    """The workbook's log configuration, and ``flags``, for a JVM of Spark's."""
+    return f"-Dlog4j2.configurationFile=file:{LOG4J_CONFIG} {flags}"
 
 
 def s3a_conf(settings: Settings) -> dict[str, str]:
@@ -145,6 +150,7 @@ def stack_conf(settings: Settings) -> dict[str, str]:
     conf = {
         **s3a_conf(settings),
         "spark.executor.memory": settings.executor_memory,
+        "spark.executor.extraJavaOptions": _java_options(settings.executor_jvm_options),
     }
     if services.is_loopback("spark"):  # else the host name may resolve to a non-loopback address
         conf["spark.driver.host"] = conf["spark.driver.bindAddress"] = "127.0.0.1"
