@@ -9,8 +9,9 @@ row for the *previous* day: nothing from the transaction's own day or later.
 from __future__ import annotations
 
 from datetime import date, timedelta
+from functools import reduce
 
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -37,6 +38,21 @@ def in_period(frame: DataFrame, config: SimulationConfig) -> DataFrame:
     """The rows of the simulated period alone: days appended later (by 04) change nothing here."""
     day = F.to_date(names.TIMESTAMP)
     return frame.filter(day.between(F.lit(config.day(config.first_day)), F.lit(config.end_date)))
+
+
+def midnight(of: date) -> Column:
+    """The instant ``of`` begins, in the session's time zone (as ``to_date`` counts days)."""
+    return F.lit(str(of)).cast("timestamp")
+
+
+def on_days(days) -> Column:
+    """Rows whose timestamp falls on one of ``days``. Bounds on the timestamp itself, where
+    ``to_date(timestamp)`` would hide it: Delta skips the files outside them by their stats."""
+    instant = F.col(names.TIMESTAMP)
+    return reduce(
+        Column.__or__,
+        [(instant >= midnight(d)) & (instant < midnight(d + timedelta(days=1))) for d in days],
+    )
 
 
 NEW_MERCHANT_DAYS = 30  # a merchant the account paid on none of this many days before is new
@@ -157,10 +173,6 @@ def for_days(raw: DataFrame, stored: DataFrame, first: date, last: date) -> Data
     day, target = F.col(names.TRANSACTION_DATE), F.col("_day")
     # Bounds on the timestamp itself, so raw's files outside them are skipped by their stats.
     instant = F.col(names.TIMESTAMP)
-
-    def midnight(of: date):
-        return F.lit(str(of)).cast("timestamp")  # in the session's time zone, as to_date
-
     read_from = first - timedelta(days=NEW_MERCHANT_DAYS)
     until = midnight(last + timedelta(days=1))
     window = raw.filter((instant >= midnight(read_from)) & (instant < until))

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from functools import reduce
+from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -277,18 +278,21 @@ def covered_raw_version(spark: SparkSession, path: str) -> int | None:
 def days_added(spark: SparkSession, since: int | None, until: int) -> list[date]:
     """The days of the raw rows that versions ``since`` + 1 to ``until`` added.
 
-    Raw is append-only: the files of version ``until`` that version ``since`` lacks hold
-    exactly those rows, so only they are read. Without a ``since`` (the notebooks built the
-    table), none: the days after the table's last one are computed anyway.
+    Raw is append-only: the files those versions' commits add hold exactly those rows, so
+    only they are read (their names come from the commits' entries in the Delta log, which
+    keeps them for 30 days). Without a ``since`` (the notebooks built the table), none: the
+    days after the table's last one are computed anyway.
     """
     if since is None or since == until:
         return []
-    files = set(lakehouse.read_table(spark, names.RAW_TABLE, until).inputFiles())
-    files -= set(lakehouse.read_table(spark, names.RAW_TABLE, since).inputFiles())
+    path = lakehouse.location(names.RAW_TABLE)
+    commits = [f"{path}/_delta_log/{v:020d}.json" for v in range(since + 1, until + 1)]
+    added = spark.read.schema("add struct<path: string>").json(commits).dropna()
+    files = [f"{path}/{unquote(r.add.path)}" for r in added.collect()]
     if not files:
         return []
-    added = spark.read.parquet(*sorted(files)).select(F.to_date(names.TIMESTAMP)).distinct()
-    return sorted(r[0] for r in added.collect())
+    days = spark.read.schema(ingest.RAW_SCHEMA).parquet(*files).select(F.to_date(names.TIMESTAMP))
+    return sorted(r[0] for r in days.distinct().collect())
 
 
 def refresh_online(spark: SparkSession, day: date) -> dict[str, int]:
@@ -322,7 +326,7 @@ def score(spark: SparkSession, model, champion: registry.LoadedModel, day: date)
 
 
 def _of_day(frame: DataFrame, day: date) -> DataFrame:
-    return frame.filter(F.to_date(names.TIMESTAMP) == F.lit(day))
+    return frame.filter(features.on_days([day]))
 
 
 # -- 5. labels, late -------------------------------------------------------------------------
@@ -343,18 +347,27 @@ def receive_labels(spark: SparkSession, config: SimulationConfig, day: date) -> 
 # -- 6. monitoring ---------------------------------------------------------------------------
 
 
+def inputs_of_days(spark: SparkSession, days: list[date]) -> DataFrame:
+    """The transactions of ``days`` with their model inputs: only those days' rows of raw and
+    the feature rows of the days before them are read."""
+    raw = lakehouse.read_table(spark, names.RAW_TABLE).filter(features.on_days(days))
+    history = lakehouse.read_table(spark, names.FEATURES_TABLE).filter(
+        F.col(names.TRANSACTION_DATE).isin([d - timedelta(days=1) for d in days])
+    )
+    return features.transaction_features(raw, history)
+
+
 def monitored_rows(spark: SparkSession, days: list[date]) -> DataFrame:
     """The predictions of ``days`` with the inputs they were scored on: one row each."""
-    on_days = F.to_date(names.TIMESTAMP).isin(list(days))
-    raw = lakehouse.read_table(spark, names.RAW_TABLE).filter(on_days)
-    inputs = features.transaction_features(raw, lakehouse.read_table(spark, names.FEATURES_TABLE))
     predictions = (
         lakehouse.read_table(spark, names.PREDICTIONS_TABLE)
-        .filter(on_days)
+        .filter(features.on_days(days))
         .select(names.TRANSACTION_ID, names.PREDICTION_SCORE, names.MODEL_VERSION)
     )
-    return inputs.join(predictions, names.TRANSACTION_ID).withColumn(
-        names.MONITORED_DAY, F.col(names.TRANSACTION_DATE)
+    return (
+        inputs_of_days(spark, days)
+        .join(predictions, names.TRANSACTION_ID)
+        .withColumn(names.MONITORED_DAY, F.col(names.TRANSACTION_DATE))
     )
 
 
@@ -430,11 +443,9 @@ def quality_of(spark: SparkSession, version: str, days: list[date]):
     frame, one row per (day, metric); days without labels, or without fraud, have none.
     """
     model, loaded = registry.load_spark_model(spark, version=version)
-    raw = lakehouse.read_table(spark, names.RAW_TABLE).filter(
-        F.to_date(names.TIMESTAMP).isin(list(days))
+    labelled = inputs_of_days(spark, days).join(
+        lakehouse.read_table(spark, names.LABELS_TABLE), names.TRANSACTION_ID
     )
-    inputs = features.transaction_features(raw, lakehouse.read_table(spark, names.FEATURES_TABLE))
-    labelled = inputs.join(lakehouse.read_table(spark, names.LABELS_TABLE), names.TRANSACTION_ID)
     scored = train.score(model, labelled).withColumn(
         names.MONITORED_DAY, F.col(names.TRANSACTION_DATE)
     )
