@@ -70,8 +70,12 @@ learner-copies: setup  ## the notebooks without outputs in learner/, to work in 
 
 test: lint test-unit test-smoke test-notebooks  ## lint, the library, the workbook's summary, nbval
 
+# Two workers, each with its own Spark and lakehouse: the suite waits on Spark's driver more
+# than on the cores. Schemathesis gives all its fuzzed operations one test id, of which
+# pytest-xdist would run only one: the fuzzer runs on its own.
 test-unit: setup
-	$(BIN)/python -m pytest tests/unit -q
+	$(BIN)/python -m pytest tests/unit -q -n 2 --dist loadfile --ignore=tests/unit/test_api_fuzz.py
+	$(BIN)/python -m pytest tests/unit/test_api_fuzz.py -q
 
 test-smoke: setup  ## the whole workbook at a small size: its summary's metrics within tolerances
 	$(BIN)/python -m pytest tests/smoke -q

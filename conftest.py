@@ -8,7 +8,9 @@ import tempfile
 
 import pytest
 
-if "WORKBOOK_LAKEHOUSE" not in os.environ:
+# Each pytest-xdist worker makes its own: it inherits the lakehouse of the process that
+# started it otherwise.
+if "WORKBOOK_LAKEHOUSE" not in os.environ or "PYTEST_XDIST_WORKER" in os.environ:
     _lakehouse = tempfile.mkdtemp(prefix="workbook-lakehouse-")
     os.environ["WORKBOOK_LAKEHOUSE"] = _lakehouse
     atexit.register(shutil.rmtree, _lakehouse, ignore_errors=True)
