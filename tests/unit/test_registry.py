@@ -297,12 +297,12 @@ def test_a_vacuumed_version_cannot_be_reproduced(spark, first, tables):
     path = lakehouse.location(names.RAW_TABLE)
     spark.read.format("delta").load(path).write.format("delta").mode("overwrite").save(path)
     # Vacuum lists the table in 10,000 tasks by default: a minute for a table this small.
-    small = {
+    for_vacuum = {
         "spark.databricks.delta.retentionDurationCheck.enabled": "false",
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
     }
-    before = {key: spark.conf.get(key) for key in small}
-    for key, value in small.items():
+    before = {key: spark.conf.get(key) for key in for_vacuum}
+    for key, value in for_vacuum.items():
         spark.conf.set(key, value)
     try:
         DeltaTable.forPath(spark, path).vacuum(0)
