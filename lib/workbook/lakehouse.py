@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from workbook import names
 from workbook.config import get_settings
@@ -91,6 +92,14 @@ def read_table(spark, table: names.Location, version: int | None = None):
     if version is not None:
         reader = reader.option("versionAsOf", version)
     return reader.load(location(table))
+
+
+def files_added(spark, path: str, since: int, until: int) -> list[str]:
+    """The data files that the commits of versions ``since`` + 1 to ``until`` added, read from
+    the commits' entries in the Delta log (kept 30 days), without rebuilding either version."""
+    commits = [f"{path}/_delta_log/{v:020d}.json" for v in range(since + 1, until + 1)]
+    added = spark.read.schema("add struct<path: string>").json(commits).dropna()
+    return [f"{path}/{unquote(r.add.path)}" for r in added.collect()]
 
 
 def history(spark, path: str, limit: int = 10):

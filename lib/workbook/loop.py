@@ -36,7 +36,6 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from functools import reduce
-from urllib.parse import unquote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -279,16 +278,12 @@ def days_added(spark: SparkSession, since: int | None, until: int) -> list[date]
     """The days of the raw rows that versions ``since`` + 1 to ``until`` added.
 
     Raw is append-only: the files those versions' commits add hold exactly those rows, so
-    only they are read (their names come from the commits' entries in the Delta log, which
-    keeps them for 30 days). Without a ``since`` (the notebooks built the table), none: the
-    days after the table's last one are computed anyway.
+    only they are read. Without a ``since`` (the notebooks built the table), none: the days
+    after the table's last one are computed anyway.
     """
     if since is None or since == until:
         return []
-    path = lakehouse.location(names.RAW_TABLE)
-    commits = [f"{path}/_delta_log/{v:020d}.json" for v in range(since + 1, until + 1)]
-    added = spark.read.schema("add struct<path: string>").json(commits).dropna()
-    files = [f"{path}/{unquote(r.add.path)}" for r in added.collect()]
+    files = lakehouse.files_added(spark, lakehouse.location(names.RAW_TABLE), since, until)
     if not files:
         return []
     days = spark.read.schema(ingest.RAW_SCHEMA).parquet(*files).select(F.to_date(names.TIMESTAMP))
@@ -351,7 +346,7 @@ def inputs_of_days(spark: SparkSession, days: list[date]) -> DataFrame:
     """The transactions of ``days`` with their model inputs: only those days' rows of raw and
     the feature rows of the days before them are read."""
     raw = lakehouse.read_table(spark, names.RAW_TABLE).filter(features.on_days(days))
-    history = lakehouse.read_table(spark, names.FEATURES_TABLE).filter(
+    history = lakehouse.read_table(spark, names.FEATURES_TABLE).filter(  # features.as_of_date
         F.col(names.TRANSACTION_DATE).isin([d - timedelta(days=1) for d in days])
     )
     return features.transaction_features(raw, history)
