@@ -24,6 +24,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	$(BIN)/python -c "from workbook.spark import check_java; check_java()"
+	$(BIN)/python -m workbook.class_archive
 	touch $@
 
 setup: $(INSTALLED)  ## create .venv with the pinned packages and check Java

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workbook import services
+from workbook import class_archive, services
 from workbook.config import Settings, get_settings
 
 MIN_JAVA = 17
@@ -98,6 +98,7 @@ def jar_conf(settings: Settings) -> dict[str, str]:
 
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     java_opts = _java_options(settings.jvm_options)
+    driver_opts = f"{java_opts} {class_archive.java_option(settings.jvm_options)}".rstrip()
     return {
         "spark.app.name": app_name,
         "spark.master": settings.spark_master,
@@ -108,7 +109,7 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.sql.shuffle.partitions": str(settings.shuffle_partitions),
         "spark.default.parallelism": str(settings.shuffle_partitions),
         "spark.driver.memory": settings.driver_memory,
-        "spark.driver.extraJavaOptions": java_opts,
+        "spark.driver.extraJavaOptions": driver_opts,
         "spark.executor.extraJavaOptions": java_opts,
         "spark.ui.showConsoleProgress": "false",
         # Not spark-warehouse/ beside the notebooks, where a learner would find it.

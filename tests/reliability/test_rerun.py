@@ -1,8 +1,11 @@
-"""Rerunning any one notebook after the whole workbook leaves every table as it was.
+"""Rerunning any notebook, or the whole workbook, after the whole workbook leaves every table
+as it was.
 
-The notebooks are run again one by one, in their order: together a second run of the whole
-workbook, with every table compared after each notebook, so a change is traced to the
-notebook that made it.
+The workbook runs a second time as ``make run`` runs it (one kernel: one JVM start, not
+six). Each notebook then reran after the others had, on the tables they left; every Delta
+table is read as of the last commit each notebook made to it (time travel) and compared
+with the first run's, so a change is traced to the notebook that made it. The online table
+is compared at the end.
 """
 
 from __future__ import annotations
@@ -12,14 +15,15 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 
 import pytest
 import quick_workbook
-from processes import Worker, read_tables, run_worker, wait_until
+from processes import Worker, run_worker, wait_until
 from pyspark.sql import functions as F
 
-from workbook import names, simulator, store
+from workbook import lakehouse, names, simulator, store
 from workbook.run import NOTEBOOKS
 
 pytestmark = pytest.mark.spark
@@ -28,63 +32,111 @@ pytestmark = pytest.mark.spark
 VOLATILE = {"inference_timestamp"}
 
 
-def snapshot(spark, lakehouse: Path, monkeypatch) -> dict[str, Counter]:
-    """Every Delta table of the lakehouse and the online table, as multisets of rows."""
-    tables = {
-        str(log.parent.relative_to(lakehouse)): str(log.parent)
-        for log in lakehouse.glob("*/**/_delta_log")
+def as_multiset(rows) -> Counter:
+    return Counter(
+        repr(sorted((k, v) for k, v in row.items() if k not in VOLATILE)) for row in rows
+    )
+
+
+def delta_tables(root: Path) -> dict[str, str]:
+    """Every Delta table of the lakehouse at ``root`` (checkpoints' state stores aside)."""
+    return {
+        str(log.parent.relative_to(root)): str(log.parent)
+        for log in root.glob("*/**/_delta_log")
         if "_checkpoint" not in log.parts
     }
-    rows = read_tables(tables, lakehouse, spark)
-    monkeypatch.setenv("WORKBOOK_LAKEHOUSE", str(lakehouse))  # its embedded PostgreSQL
+
+
+def table_rows(spark, path: str, version: int | None = None) -> Counter:
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return as_multiset(r.asDict() for r in reader.load(path).collect())
+
+
+def online_rows(root: Path, monkeypatch) -> Counter:
+    monkeypatch.setenv("WORKBOOK_LAKEHOUSE", str(root))  # its embedded PostgreSQL
     conn = store.connect()
     try:
-        rows["online"] = store.read_all().to_dict("records")
+        return as_multiset(store.read_all().to_dict("records"))
     finally:
         conn.close()
-    return {
-        name: Counter(
-            repr(sorted((k, v) for k, v in r.items() if k not in VOLATILE)) for r in table
+
+
+def commits_since(spark, path: str, version: int) -> list[tuple[int, datetime]]:
+    """The table's commits after ``version``: (version, time), oldest first."""
+    history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").filter(F.col("version") > version)
+    return sorted(
+        (r["version"], r["timestamp"]) for r in history.select("version", "timestamp").collect()
+    )
+
+
+def notebook_windows(runs: Path) -> dict[str, tuple[datetime, datetime]]:
+    """When each notebook of the newest run started and ended (papermill records both)."""
+    windows = {}
+    for name in NOTEBOOKS:
+        meta = json.loads((runs / "latest" / f"{name}.ipynb").read_text())["metadata"]["papermill"]
+        # In this machine's time, as Spark gives the commits' times to Python.
+        windows[name] = tuple(
+            datetime.fromisoformat(meta[k]).astimezone().replace(tzinfo=None)
+            for k in ("start_time", "end_time")
         )
-        for name, table in rows.items()
-    }
+    return windows
 
 
 @pytest.fixture(scope="module")
-def first_run(spark) -> Iterator[tuple[quick_workbook.WorkbookRun, dict[str, Counter]]]:
+def first_run(spark) -> Iterator[tuple[quick_workbook.WorkbookRun, dict]]:
     """The whole workbook run once (the quick size), and every table as it left them."""
     with quick_workbook.fresh_copy() as run, pytest.MonkeyPatch.context() as monkeypatch:
-        before = snapshot(spark, run.lakehouse, monkeypatch)
-        assert {"raw-data-bucket/financial_data_delta", "online"} <= set(before)
+        tables = delta_tables(run.lakehouse)
+        assert "raw-data-bucket/financial_data_delta" in tables
+        before = {
+            name: (table_rows(spark, path), lakehouse.table_version(spark, path))
+            for name, path in tables.items()
+        }
+        before["online"] = (online_rows(run.lakehouse, monkeypatch), None)
         yield run, before
 
 
-def rerun_changes_nothing(spark, first_run, tally, monkeypatch, notebook: str) -> None:
+def test_rerunning_the_workbook_changes_no_table(spark, first_run, tally, monkeypatch):
+    """01 to 06 again, one after the other: each notebook's last commit to each table, and
+    the online table at the end, hold the rows the first run left."""
     run, before = first_run
-    with tally.fault(f"rerun of {notebook}") as outcome:
-        run.run(notebook)
-        after = snapshot(spark, run.lakehouse, monkeypatch)
-        assert set(after) == set(before)
-        for name in before:
-            outcome.compare(before[name].elements(), after[name].elements())
-
-
-@pytest.mark.parametrize("notebook", NOTEBOOKS)  # in the workbook's order
-def test_rerunning_one_notebook_changes_no_table(spark, first_run, tally, monkeypatch, notebook):
-    """Each notebook run again on its own, after the whole workbook and the reruns before it."""
-    rerun_changes_nothing(spark, first_run, tally, monkeypatch, notebook)
+    with tally.fault("rerun of each notebook (01-06, as the whole workbook)") as outcome:
+        run.run()
+        tables = delta_tables(run.lakehouse)
+        assert set(tables) | {"online"} == set(before), "a table appeared or disappeared"
+        windows = notebook_windows(run.lakehouse.parent / "runs")
+        compared, changed = 0, []
+        for name, path in tables.items():
+            rows, version = before[name]
+            last_commit = {}  # notebook -> its last commit to this table
+            for commit, at in commits_since(spark, path, version):
+                writer = [nb for nb, (start, end) in windows.items() if start <= at <= end]
+                assert writer, f"{name}: version {commit} at {at} was written by no notebook"
+                last_commit[writer[0]] = commit
+            for notebook, commit in last_commit.items():
+                after = table_rows(spark, path, commit)
+                outcome.compare(rows.elements(), after.elements())
+                if after != rows:
+                    changed.append(f"{notebook} changed {name} (version {commit})")
+                compared += 1
+        online = online_rows(run.lakehouse, monkeypatch)
+        outcome.compare(before["online"][0].elements(), online.elements())
+        assert not changed, changed
+        print(f"{compared} table versions the rerun wrote, and the online table, as before")
 
 
 def test_a_daily_step_killed_midway_then_run_again_loses_nothing(spark, first_run, tally, tmp_path):
     """One more day of 06, SIGKILLed (Python and JVM, as when a kernel dies) once the day is
     ingested, then the step again: the day ends decided once, each transaction once in raw
     and in the predictions, and every raw (account, day) with its feature row. Last in
-    this module: it adds a day to the lakehouse the reruns above compare.
+    this module: it adds a day to the lakehouse the rerun above compares.
     """
-    lakehouse = first_run[0].lakehouse
-    env = {"WORKBOOK_LAKEHOUSE": str(lakehouse), "WORKBOOK_PROFILE": "local"}
+    root = first_run[0].lakehouse
+    env = {"WORKBOOK_LAKEHOUSE": str(root), "WORKBOOK_PROFILE": "local"}
     paths = {
-        location.name: str(lakehouse / location.bucket / location.name)
+        location.name: str(root / location.bucket / location.name)
         for location in (
             names.RAW_TABLE,
             names.PREDICTIONS_TABLE,
@@ -115,7 +167,7 @@ def test_a_daily_step_killed_midway_then_run_again_loses_nothing(spark, first_ru
                 worker.process.kill()
         run_worker(task, log, env, timeout=900)
 
-        manifest = lakehouse / names.SIMULATION_MANIFEST.bucket / names.SIMULATION_MANIFEST.name
+        manifest = root / names.SIMULATION_MANIFEST.bucket / names.SIMULATION_MANIFEST.name
         # The world the worker's step simulated: the period's, without a drift scenario.
         config = replace(simulator.SimulationConfig.from_json(manifest.read_text()), drift=None)
         tables = {name: spark.read.format("delta").load(path) for name, path in paths.items()}

@@ -68,3 +68,33 @@ def test_a_bundles_jars_replace_the_packages(tmp_path, monkeypatch):
         jar_conf(get_settings())
     (tmp_path / "b.jar").touch()
     assert jar_conf(get_settings()) == {"spark.jars": f"{tmp_path}/a.jar,{tmp_path}/b.jar"}
+
+
+def test_the_driver_maps_the_class_archive_when_there_is_one(tmp_path, monkeypatch):
+    """Only a JVM that does not write an archive itself maps the one written before."""
+    from workbook import class_archive
+    from workbook.config import get_settings
+    from workbook.spark import spark_conf
+
+    def driver_options() -> str:
+        return spark_conf(get_settings(), "test")["spark.driver.extraJavaOptions"]
+
+    monkeypatch.setattr(class_archive, "PATH", tmp_path / "classes.jsa")
+    assert "SharedArchiveFile" not in driver_options()
+    class_archive.PATH.touch()
+    assert f"-XX:SharedArchiveFile={class_archive.PATH}" in driver_options()
+    monkeypatch.setenv("WORKBOOK_JVM_OPTIONS", "-XX:ArchiveClassesAtExit=/tmp/new.jsa")
+    assert "SharedArchiveFile" not in driver_options()
+
+
+def test_the_setups_class_archive_is_mapped_by_a_new_session(tmp_path):
+    """`make setup` wrote an archive that this Java maps with these jars; a file cut short
+    is refused (mapped, it would crash the JVM), so it never replaces a good one."""
+    from workbook import class_archive
+
+    assert class_archive.PATH.is_file(), "no class archive: run make setup"
+    assert class_archive.maps(class_archive.PATH)
+    cut_short = tmp_path / "cut-short.jsa"
+    with open(class_archive.PATH, "rb") as archive:
+        cut_short.write_bytes(archive.read(1 << 20))
+    assert not class_archive.maps(cut_short)
