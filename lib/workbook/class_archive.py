@@ -3,8 +3,10 @@
 A Spark session loads some twenty thousand classes (Spark, Delta, MLlib) before its first
 result. The JVM can instead map them from an archive written once (Java's AppCDS): every
 later session, notebook kernel and test worker then starts faster. ``make setup`` writes the
-archive into the environment (``python -m workbook.class_archive``); the JVM checks that it
-matches its own version and class path, and starts as before when it does not.
+archive into the environment (``python -m workbook.class_archive``). A JVM checks that the
+archive matches its own version and class path, and starts as before when it does not; a
+file cut short would crash it, so a new archive takes the old one's place only once a
+session has started with it.
 """
 
 from __future__ import annotations
@@ -94,9 +96,11 @@ def maps(archive: Path) -> bool:
 
 
 def write() -> bool:
-    """Write the archive from the workload's JVM; it replaces the old one only once a session
-    has started with it: a file cut short would crash every JVM that maps it."""
-    PATH.parent.mkdir(parents=True, exist_ok=True)
+    """Write the archive from the workload's JVM; True once it has replaced the old one."""
+    try:
+        PATH.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # an environment this user may not write to
+        return False
     written = PATH.with_name(f"{PATH.name}.{os.getpid()}")
     try:
         done = _run("--workload", f"-XX:ArchiveClassesAtExit={written}")
