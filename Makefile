@@ -27,7 +27,7 @@ $(INSTALLED): pyproject.toml
 	$(BIN)/python -m workbook.class_archive
 	touch $@
 
-setup: $(INSTALLED)  ## create .venv with the pinned packages and check Java
+setup: $(INSTALLED)  ## create .venv with the pinned packages, check Java, archive Spark's classes
 
 $(MLFLOW_INSTALLED): stack/mlflow/requirements.txt
 	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
