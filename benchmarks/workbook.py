@@ -109,6 +109,7 @@ def run(quick: bool = False) -> dict:
     summary = json.loads((run_dir / "summary.json").read_text())
     notebooks = summary["wall_seconds"]
     steps = (summary.get("monitoring") or {}).get("step_seconds") or []
+    stages = (summary.get("monitoring") or {}).get("stage_seconds") or []
     section = {
         "headline": {
             "workbook_wall_s": round(wall_s, 1),
@@ -117,6 +118,10 @@ def run(quick: bool = False) -> dict:
             "loop_step_last_vs_first": round(steps[-1] / steps[0], 2) if steps else None,
         },
         "loop_step_seconds": steps,
+        "loop_stage_median_s": {
+            stage: round(float(np.median([day[stage] for day in stages if stage in day])), 1)
+            for stage in dict.fromkeys(stage for day in stages for stage in day)
+        },
         "notebook_seconds": notebooks,
         "profile": notebook_profile(run_dir, notebooks),
         "rows": summary["rows"],
@@ -141,6 +146,8 @@ def run(quick: bool = False) -> dict:
     if steps:
         common.show("06: one daily step (median)", np.median(steps), "s", ("<=", TARGET_STEP_S))
         common.show("06: last day's step / first day's", steps[-1] / steps[0], "x", ("<=", 1.5))
+        for stage, seconds in section["loop_stage_median_s"].items():
+            common.show(f"06: {stage} (median of the days)", seconds, "s")
     return section
 
 

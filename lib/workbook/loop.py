@@ -367,27 +367,46 @@ def monitored_rows(spark: SparkSession, days: list[date]) -> DataFrame:
 
 
 def reference(spark: SparkSession, model, champion: registry.LoadedModel) -> monitoring.Reference:
-    """The champion's test rows, binned: computed once per version, then kept as JSON.
+    """The champion's test rows, binned: kept as JSON when the version is trained (or, for a
+    version trained elsewhere, when first asked for), then read.
 
     Its test days, not all its training days: they are the latest it was measured on, and
     their rolling features have the same history behind them as the days that follow (in
     the first weeks of the data, 7- and 30-day counts are still filling up).
     """
-    path = f"{lakehouse.location(names.MONITORING_REFERENCES)}/{champion.version}.json"
+    path = _reference_path(champion.version)
     if lakehouse.exists(spark, path):
         return monitoring.Reference.from_json(lakehouse.read_text(spark, path))
-    metadata = champion.metadata
+    return keep_reference(spark, champion.version, model, tested_rows(spark, champion.metadata))
+
+
+def keep_reference(spark: SparkSession, version: str, model, rows: DataFrame):
+    """Bin ``version``'s test ``rows`` and keep the result where ``reference`` looks."""
+    found = binned(model, rows)
+    lakehouse.write_text(spark, _reference_path(version), found.to_json())
+    return found
+
+
+def binned(model, rows: DataFrame) -> monitoring.Reference:
+    """``rows`` scored by ``model``, their inputs and score binned: what drift is measured
+    against."""
+    return monitoring.reference(
+        train.score(model, rows), MONITORED_INPUTS, names.CATEGORICAL_INPUTS
+    )
+
+
+def tested_rows(spark: SparkSession, metadata: dict) -> DataFrame:
+    """The labelled rows a version was tested on, as its metadata records them."""
     raw, table, labels = train.read_inputs(spark, metadata["table_versions"])
     test_from = F.lit(metadata["split"]["test_from"]).cast("date")
     test_until = F.date_add(test_from, int(metadata["split"]["test_days"]) - 1)
-    rows = train.training_set(raw, table, labels).filter(
+    return train.training_set(raw, table, labels).filter(
         F.col(names.TRANSACTION_DATE).between(test_from, test_until)
     )
-    found = monitoring.reference(
-        train.score(model, rows), MONITORED_INPUTS, names.CATEGORICAL_INPUTS
-    )
-    lakehouse.write_text(spark, path, found.to_json())
-    return found
+
+
+def _reference_path(version: str) -> str:
+    return f"{lakehouse.location(names.MONITORING_REFERENCES)}/{version}.json"
 
 
 def monitor(spark, model, champion: registry.LoadedModel, day: date, labelled: date | None):
@@ -559,6 +578,9 @@ def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings, 
     )
     version, _ = registry.register(run)
     registry.set_alias(names.CHALLENGER, version.version)
+    # Binned now, while its test rows are in memory; a rerun of the day keeps the first.
+    if not lakehouse.exists(spark, _reference_path(version.version)):
+        keep_reference(spark, str(version.version), model, holdout)
     outcome = promotion.consider(
         spark, version, evaluation.model["pr_auc"], holdout, margin=settings.margin
     )

@@ -1,7 +1,7 @@
 """Monitoring in Spark over Delta: drift of the model's inputs and score, quality when labelled.
 
 Drift is the population stability index (PSI) of a column on one day against a reference
-(the champion's training rows): PSI = sum over bins of (day share - reference share) times
+(the champion's test rows): PSI = sum over bins of (day share - reference share) times
 ln(day share / reference share). The bins come from the reference: its deciles for a numeric
 column (edges by ``approxQuantile``; repeated edges merge, so a mostly-zero count gets fewer
 bins, and missing values have a bin of their own), its values for a categorical one. A share
@@ -78,7 +78,9 @@ def reference(frame: DataFrame, numeric, categorical=(), bins: int = BINS) -> Re
     """Bin edges from ``frame``'s quantiles, and ``frame``'s own share of each bin."""
     numeric, categorical = tuple(numeric), tuple(categorical)
     probabilities = [k / bins for k in range(1, bins)]
-    quantiles = frame.approxQuantile(list(numeric), probabilities, 0.001) if numeric else []
+    # Exact (relative error 0): an approximate quantile depends on how the rows are
+    # partitioned, and the same rows must give the same edges wherever they are binned.
+    quantiles = frame.approxQuantile(list(numeric), probabilities, 0.0) if numeric else []
     edges = {c: sorted(set(q)) for c, q in zip(numeric, quantiles, strict=True)}
     empty = Reference(edges, categorical, {})
     counts = _bin_counts(_binned(frame.withColumn(names.MONITORED_DAY, F.lit(None)), empty))

@@ -70,6 +70,15 @@ def observed() -> dict:
     return {"aliases": aliases, "online": [count, str(oldest), str(newest)]}
 
 
+def challenger_reference(spark, day: dict) -> dict:
+    """The drift reference kept when the day's challenger was trained, and the one its
+    recorded test rows give when computed again."""
+    model, loaded = registry.load_spark_model(spark, version=day["report"]["challenger"])
+    kept = loop.reference(spark, model, loaded)
+    again = loop.binned(model, loop.tested_rows(spark, loaded.metadata))
+    return {"kept": json.loads(kept.to_json()), "again": json.loads(again.to_json())}
+
+
 def main(out: str) -> None:
     spark = get_spark("loop-faults")
     start = loop.next_day(spark)
@@ -102,6 +111,7 @@ def main(out: str) -> None:
     for day, day_settings, events in plan:
         report = loop.run_day(spark, day, day_settings, events=events)
         found["days"].append({"report": {**asdict(report), "day": str(day)}, **observed()})
+    found["challenger_reference"] = challenger_reference(spark, found["days"][3])
     spark.stop()
     with open(out, "w") as file:
         json.dump(found, file, default=str, indent=1)

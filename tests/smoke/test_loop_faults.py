@@ -112,6 +112,20 @@ def test_a_challenger_that_cannot_win_leaves_the_champion(faults):
     }
 
 
+def test_a_challenger_is_binned_for_drift_when_trained_on_the_rows_it_was_tested_on(faults):
+    reference = faults["challenger_reference"]
+    kept, again = reference["kept"], reference["again"]
+    assert (
+        kept["categorical"] == again["categorical"]
+        and kept["edges"].keys() == again["edges"].keys()
+    )
+    for column, edges in kept["edges"].items():
+        assert edges == pytest.approx(again["edges"][column]), column
+    assert {(c, b): s for c, b, s in kept["shares"]} == pytest.approx(
+        {(c, b): s for c, b, s in again["shares"]}
+    )
+
+
 def test_the_days_after_the_quiet_ones_are_featured_as_the_whole_table(spark, workbook_run, faults):
     """The ordinary day brings the feature table and the online store up to date: its
     rows, and the idle rows of the two days without data, equal a computation from scratch."""
