@@ -6,7 +6,9 @@ trained: the days it would be compared on hold no labelled fraud (lost labels, t
 without data). On day 4 one is trained on a longer holdout and cannot win (the margin is
 out of reach). Day 5 brings, besides its own events, a valid event of day 4 that arrives
 late. After each day it notes what a caller would see: the aliases, the online store and
-the report. Writes them as JSON to the file named by its one argument.
+the report; at the end, day 4's challenger's drift reference as kept at its training and
+as its recorded test rows give it again. Writes them as JSON to the file named by its one
+argument.
 """
 
 from __future__ import annotations
