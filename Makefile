@@ -100,7 +100,7 @@ test-stack: setup stack-reset  ## the stack suite, against running services (mak
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest $(NBVAL_STACK) -q
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
 
-test-stack-notebooks: setup stack-reset  ## nbval of all six notebooks on the stack, 06 included (about 16 min)
+test-stack-notebooks: setup stack-reset  ## nbval of all six notebooks on the stack, 06 included (about 18 min)
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest $(NBVAL) -q
 
 # Debian's Chromium and its driver, for the browser test (root, or sudo, installs them).
