@@ -9,15 +9,12 @@ MLFLOW_VENV := .venv-mlflow
 MLFLOW_INSTALLED := $(MLFLOW_VENV)/.installed
 MLFLOW_PORT ?= 5000
 ARGS ?=
-# nbval runs every notebook as committed (06 for its 14 days) and compares the outputs. On the
-# stack, 06's days take about 35 s each, twice the embedded profile's: test-stack leaves 06 to
-# test-stack-notebooks, so that CI keeps its time.
+# nbval runs every notebook as committed (06 for its 14 days) and compares the outputs.
 NBVAL := --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg
-NBVAL_STACK := $(NBVAL) --ignore=notebooks/06_monitor_retrain.ipynb
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
 	catch-up learner-copies stop-postgres setup-offline bundle browser test-workshop \
-	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack test-stack-notebooks \
+	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack \
 	test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -97,11 +94,8 @@ stack-reset: setup  ## empty the stack's buckets, topic and feature tables (Comp
 
 # The notebooks first, on emptied services; the stack tests then find their tables.
 test-stack: setup stack-reset  ## the stack suite, against running services (make stack-up)
-	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest $(NBVAL_STACK) -q
-	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
-
-test-stack-notebooks: setup stack-reset  ## nbval of all six notebooks on the stack, 06 included (about 18 min)
 	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest $(NBVAL) -q
+	WORKBOOK_PROFILE=stack $(BIN)/python -m pytest tests/stack -q
 
 # Debian's Chromium and its driver, for the browser test (root, or sudo, installs them).
 browser:  ## install Debian's chromium for the learner's path test (apt-get)

@@ -63,8 +63,13 @@ def test_features_and_training_ran_on_the_standalone_cluster(spark):
     objects = services.s3_client().list_objects(bucket, prefix=f"{model}/", recursive=True)
     records = [o for o in objects if o.object_name.endswith(f"/{registry.METADATA_FILE}")]
     assert records, f"no {registry.METADATA_FILE} of a training run in s3://{bucket}/{model}"
-    saved = max(records, key=lambda o: o.last_modified)
-    assert ran_on_cluster(apps.get("03_train", []), saved.last_modified), apps.keys()
+    # 03 trains first; any later run is a challenger of 06's loop.
+    first, *challengers = sorted(records, key=lambda o: o.last_modified)
+    assert ran_on_cluster(apps.get("03_train", []), first.last_modified), apps.keys()
+    for record in challengers:
+        assert ran_on_cluster(apps.get("06_monitor_retrain", []), record.last_modified), (
+            record.object_name
+        )
 
 
 def test_every_event_in_the_topic_landed_exactly_once(spark):
