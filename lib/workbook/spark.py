@@ -116,10 +116,9 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.sql.warehouse.dir": str(settings.lakehouse / "_warehouse"),
         "spark.sql.execution.arrow.pyspark.enabled": "true",
         "spark.databricks.delta.snapshotPartitions": "2",
-        # After a shuffle, as many partitions as the data fills (8 MB each), not one per core:
-        # a day's few thousand rows then make one task per stage and one file per write. With
-        # 8 of each, a daily step took a tenth to a quarter longer, and its tables grew by 8
-        # small files a day that every later day read again (benchmarks/README.md).
+        # After a shuffle, as many partitions as the data fills (8 MB each), not at least one
+        # per core: a daily step's shuffles of a few MB then run fewer tasks. Without it a step
+        # took a tenth to a quarter longer (benchmarks/README.md).
         "spark.sql.adaptive.coalescePartitions.parallelismFirst": "false",
         "spark.sql.adaptive.advisoryPartitionSizeInBytes": "8m",
         "spark.sql.streaming.stateStore.providerClass": (
