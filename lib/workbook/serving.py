@@ -29,13 +29,13 @@ from fastapi import Path as PathParam
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, create_model
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import Convertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workbook import contract, intake, names, scoring, store
+from workbook import contract, intake, names, observability, scoring, store
 from workbook.config import MissingSettingError, load_dotenv
 from workbook.contract import MAX_AMOUNT
 from workbook.services import ServiceUnavailableError
@@ -288,6 +288,11 @@ class Service:
             except Exception as error:  # the registry is down or the alias gone: keep serving
                 log.warning("model watcher: %s", error)
 
+    def model_in_use(self) -> tuple[str, str] | None:
+        """The version scoring now and what chose it (the alias, or a fixed artifact)."""
+        model = self._model
+        return None if model is None else (model.version, self.alias or "fixed")
+
     def take_in(self, events: list) -> list[intake.Outcome]:
         """Judge a batch by the contract and send its accepted events on (``intake.Edge``)."""
         with self._lock:
@@ -310,12 +315,15 @@ def create_app(
     model_location: str | None = None,
     conninfo: str | None = None,
     poll_seconds: float | None = None,
+    tracer: observability.Tracer | None = None,
 ) -> FastAPI:
     """The application; ``conninfo`` overrides the reader's connection (tests use it).
 
     Without ``model_location`` the model is the registry's champion, followed as it moves.
+    ``tracer`` replaces the one OpenTelemetry's settings give (``observability``).
     """
     service = Service(model_location, conninfo, poll_seconds=poll_seconds)
+    metrics, tracer = observability.instruments(service.model_in_use, tracer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -329,6 +337,13 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    if metrics.on:
+        app.add_middleware(observability.Observed, metrics=metrics, tracer=tracer)
+
+        @app.get("/metrics", include_in_schema=False)
+        def prometheus_metrics() -> Response:
+            """Prometheus' scrape target (see ``workbook.observability``)."""
+            return Response(metrics.exposition(), media_type=observability.CONTENT_TYPE)
 
     @app.exception_handler(RequestValidationError)
     def invalid_request(request, error):
@@ -404,11 +419,11 @@ def create_app(
     def features_batch(request: AccountIds):
         """The latest online features of several accounts, in one query."""
         wanted = list(dict.fromkeys(request.account_ids))  # each once, in the order asked
-        rows = service.store().get_many(wanted)
-        return {
-            "features": [rows[a] for a in wanted if a in rows],
-            "unknown": [a for a in wanted if a not in rows],
-        }
+        with observability.lookup_span(tracer, len(wanted)):
+            rows = service.store().get_many(wanted)
+        unknown = [a for a in wanted if a not in rows]
+        metrics.unknown("/features/batch", len(unknown))
+        return {"features": [rows[a] for a in wanted if a in rows], "unknown": unknown}
 
     @app.get(
         "/features/{account_id:account_id}",
@@ -417,8 +432,10 @@ def create_app(
     )
     def features(account_id: AccountId):
         """The account's latest online features."""
-        row = service.store().get_features(account_id)
+        with observability.lookup_span(tracer, 1):
+            row = service.store().get_features(account_id)
         if row is None:
+            metrics.unknown("/features/{account_id}")
             raise HTTPException(404, f"no online features for account {account_id}")
         return row
 
@@ -426,12 +443,14 @@ def create_app(
     def score(transaction: Transaction):
         """Fraud probability and decision, from the transaction and its account's features."""
         model = service.model()
-        row = service.store().get_features(transaction.account_id)
+        with observability.lookup_span(tracer, 1):
+            row = service.store().get_features(transaction.account_id)
         event = transaction.model_dump()
         try:
             result = scoring.score_transaction(model, event, row)
         except scoring.PointInTimeError as error:
             raise HTTPException(409, str(error)) from None
+        metrics.scored(result)
         return {
             names.TRANSACTION_ID: transaction.transaction_id,
             names.ACCOUNT_ID: transaction.account_id,

@@ -129,6 +129,8 @@ def expected_ports(env: dict[str, str]) -> dict[tuple[str, int], int]:
         ("jupyterlab", 8888): int(env["JUPYTER_PORT"]),
         ("serving", 8000): int(env["SERVING_PORT"]),
         ("mlflow", 5000): port_of(env["MLFLOW_TRACKING_URI"]),
+        ("prometheus", 9090): int(env["PROMETHEUS_PORT"]),
+        ("grafana", 3000): int(env["GRAFANA_PORT"]),
     }
 
 
@@ -377,6 +379,24 @@ def test_serving_waits_for_its_stores_and_checks_health(config):
     serving = config["services"]["serving"]
     assert {"postgres", "mlflow"} <= set(serving["depends_on"])
     assert "/health" in " ".join(serving["healthcheck"]["test"])
+
+
+def test_prometheus_scrapes_the_service_and_grafana_reads_prometheus(config):
+    services = config["services"]
+    scrape = yaml.safe_load((REPO / "stack" / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "fraud-scoring"]
+    assert job["static_configs"][0]["targets"] == ["serving:8000"]
+    assert "alerts.yml" in scrape["rule_files"]
+    assert mounts(services["prometheus"])["/etc/prometheus"][1] == str(
+        REPO / "stack" / "prometheus"
+    )
+    sources = REPO / "stack" / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+    (source,) = yaml.safe_load(sources.read_text())["datasources"]
+    assert source["url"] == "http://prometheus:9090" and source["uid"] == "prometheus"
+    provider = REPO / "stack" / "grafana" / "provisioning" / "dashboards" / "workbook.yml"
+    (dashboards,) = yaml.safe_load(provider.read_text())["providers"]
+    folder = mounts(services["grafana"])[dashboards["options"]["path"]]
+    assert folder == ("bind", str(REPO / "stack" / "grafana" / "dashboards"))
 
 
 def test_driver_and_worker_share_the_model_staging_folder(config):
