@@ -131,3 +131,27 @@ def http_scores(base_url: str, transactions: Sequence[dict], n: int = 2000, seed
     bodies = [json.dumps({k: _jsonable(v) for k, v in t.items()}).encode() for t in transactions]
     with HttpClient(base_url) as client:
         return timed(lambda b: client.call("POST", "/score", b), bodies, n, seed)
+
+
+def http_scores_side_by_side(
+    base_urls: Sequence[str], transactions: Sequence[dict], n: int = 2000, seed: int = 0
+) -> list[np.ndarray]:
+    """``n`` POST /score to each service, the same transaction to each in turn.
+
+    The services take turns request by request, the first one changing every time, so a
+    noisy moment of the machine falls on all of them alike: their figures compare.
+    """
+    bodies = [json.dumps({k: _jsonable(v) for k, v in t.items()}).encode() for t in transactions]
+    chosen = np.random.default_rng(seed).integers(0, len(bodies), n)
+    out = np.empty((len(base_urls), n))
+    clients = [HttpClient(url) for url in base_urls]
+    try:
+        for i, k in enumerate(chosen):
+            for j in np.roll(np.arange(len(clients)), i):
+                start = time.perf_counter_ns()
+                clients[j].call("POST", "/score", bodies[k])
+                out[j, i] = (time.perf_counter_ns() - start) / 1e6
+    finally:
+        for client in clients:
+            client.close()
+    return list(out)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -94,11 +95,13 @@ def start_service(
     port: int = 0,
     model_location: str | None = None,
     timeout: float = 60.0,
+    env: dict[str, str] | None = None,
 ) -> RunningService:
     """Start ``python -m workbook.serving`` and wait until /health answers 200.
 
-    ``port=0`` picks a free port. The log goes to ``<lakehouse>/_logs/serving.log``. Raises
-    with the service's own reason if it cannot serve.
+    ``port=0`` picks a free port; ``env`` adds settings to the service's environment. The
+    log goes to ``<lakehouse>/_logs/serving.log``. Raises with the service's own reason if
+    it cannot serve.
     """
     port = port or free_port(host)
     log_path = get_settings().lakehouse / "_logs" / "serving.log"
@@ -107,7 +110,9 @@ def start_service(
     if model_location:
         command += ["--model", model_location]
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+        )
     running = RunningService(process, f"http://{host}:{port}", log_path)
     atexit.register(running.stop)
     deadline = time.monotonic() + timeout

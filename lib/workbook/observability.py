@@ -13,7 +13,10 @@ the number of series stays bounded whatever clients ask for.
 
 Traces: one server span per request, with the PostgreSQL lookup as a child span. They are
 exported over OTLP/HTTP when ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its ``_TRACES_`` form) is
-set, as OpenTelemetry's own settings have it; without it no span is made, at no cost.
+set, as OpenTelemetry's own settings have it; without it no span is made, at no cost. One
+request in ten starting here is traced (``OTEL_TRACES_SAMPLER`` and ``_ARG`` change it): a
+span costs little, but encoding and sending every one of them would hold Python's lock
+often enough to slow the slowest requests. A caller's decision in ``traceparent`` wins.
 ``SERVING_OBSERVABILITY=off`` turns metrics and traces off (to measure what they cost).
 """
 
@@ -38,6 +41,7 @@ from prometheus_client.core import GaugeMetricFamily
 from workbook import scoring, store
 
 SERVICE_NAME = "fraud-scoring"
+TRACED_SHARE = 0.1  # of the requests that start a trace here
 PREFIX = "fraud_scoring"
 # The budget of /score's p99 is 10 ms: buckets are dense around it.
 LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -146,8 +150,13 @@ def tracer_from_environment() -> Tracer:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    provider = TracerProvider(resource=Resource.create({"service.name": SERVICE_NAME}))
+    sampler = None  # None: the one OTEL_TRACES_SAMPLER names
+    if "OTEL_TRACES_SAMPLER" not in os.environ:
+        sampler = ParentBased(TraceIdRatioBased(TRACED_SHARE))
+    resource = Resource.create({"service.name": SERVICE_NAME})
+    provider = TracerProvider(resource=resource, sampler=sampler)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))  # reads OTEL_* itself
     return provider.get_tracer("workbook.serving")
 

@@ -12,7 +12,8 @@ case "${1:-}" in
   *) die "usage: $0 [--purge]" ;;
 esac
 
-# Reverse order of up.sh: the registry and the worker first, storage last.
+# Reverse order of up.sh: monitoring, the registry and the worker first, storage last.
+stop_pid prometheus
 stop_pid mlflow
 stop_pid spark-worker
 stop_pid spark-master

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Starts the services of the `stack` profile natively on loopback, without Docker:
 # S3 (S3Proxy), PostgreSQL, Kafka (KRaft), a Spark standalone master with one worker and
-# the MLflow tracking server (from .venv-mlflow: `make mlflow-env`).
+# the MLflow tracking server (from .venv-mlflow: `make mlflow-env`), and Prometheus, which
+# scrapes the scoring service on SERVING_PORT whenever it runs there.
 # Ports and credentials come from .env. Safe to rerun: running services are only checked.
 # Data, logs and pids live in .stack/ (data/, logs/, run/); stop with down.sh.
 set -euo pipefail
@@ -23,7 +24,7 @@ load_env
 for var in S3_ENDPOINT S3_ACCESS_KEY S3_SECRET_KEY PGHOST PGPORT PGDATABASE POSTGRES_PASSWORD \
   FEATURES_WRITER_USER FEATURES_WRITER_PASSWORD FEATURES_READER_USER FEATURES_READER_PASSWORD \
   KAFKA_BOOTSTRAP_SERVERS SPARK_MASTER_URL SPARK_MASTER_WEBUI_PORT SPARK_WORKER_WEBUI_PORT \
-  MLFLOW_TRACKING_URI MLFLOW_DB MLFLOW_DB_USER MLFLOW_DB_PASSWORD; do
+  MLFLOW_TRACKING_URI MLFLOW_DB MLFLOW_DB_USER MLFLOW_DB_PASSWORD SERVING_PORT PROMETHEUS_PORT; do
   [[ -n ${!var:-} ]] || die "$var is not set: add it to .env (see .env.example)"
 done
 [[ -x $PY ]] || die "no Python at $PY: run 'make setup' first (or set STACK_PYTHON)"
@@ -38,6 +39,7 @@ install_packages() {
   command -v java >/dev/null || pkgs+=(openjdk-17-jdk-headless)
   command -v mvn >/dev/null || pkgs+=(maven)
   command -v curl >/dev/null || pkgs+=(curl)
+  command -v prometheus >/dev/null || pkgs+=(prometheus)
   ((${#pkgs[@]})) || return 0
   ((EUID == 0)) || die "installing ${pkgs[*]} needs root: install them, then rerun"
   log "installing ${pkgs[*]} (apt-get; log in $LOGS/apt.log)"
@@ -52,6 +54,10 @@ install_packages() {
       pg_ctlcluster "$ver" "$name" stop 2>/dev/null || true
       echo manual >"/etc/postgresql/$ver/$name/start.conf"
     done < <(pg_lsclusters -h)
+  fi
+  # The same for Debian's Prometheus service, where systemd runs one.
+  if [[ " ${pkgs[*]} " == *" prometheus "* ]] && command -v systemctl >/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
   fi
 }
 
@@ -316,6 +322,38 @@ start_mlflow() {
   log "MLflow $version: ready at $MLFLOW_TRACKING_URI, artifacts in $models$note"
 }
 
+# --- Prometheus (Debian's package): the scoring service and the alert rules ---------------
+prometheus_ready() { curl -fsS "http://127.0.0.1:$PROMETHEUS_PORT/-/ready" >/dev/null; }
+
+start_prometheus() {
+  local note
+  note="$(started_note prometheus)"
+  if [[ -z $note ]]; then
+    ensure_free Prometheus 127.0.0.1 "$PROMETHEUS_PORT"
+    mkdir -p "$DATA/prometheus"
+    # As stack/prometheus/prometheus.yml, on loopback, and scraped every 2 s so that the
+    # tests see a request within seconds.
+    cat >"$CONF/prometheus.yml" <<EOF
+global:
+  scrape_interval: 2s
+  evaluation_interval: 10s
+rule_files:
+  - $ROOT/stack/prometheus/alerts.yml
+scrape_configs:
+  - job_name: fraud-scoring
+    static_configs:
+      - targets: ["127.0.0.1:$SERVING_PORT"]
+EOF
+    spawn prometheus prometheus --config.file="$CONF/prometheus.yml" \
+      --storage.tsdb.path="$DATA/prometheus" --storage.tsdb.retention.time=7d \
+      --web.listen-address="127.0.0.1:$PROMETHEUS_PORT"
+  fi
+  wait_for Prometheus prometheus "$LOGS/prometheus.log" prometheus_ready
+  local version
+  version="$(prometheus --version 2>&1 | awk 'NR == 1 {print $3}')"
+  log "Prometheus $version: ready at http://127.0.0.1:$PROMETHEUS_PORT, scraping 127.0.0.1:$SERVING_PORT$note"
+}
+
 install_packages
 fetch_jars
 start_s3
@@ -323,4 +361,5 @@ start_postgres
 start_kafka
 start_spark
 start_mlflow
+start_prometheus
 log "stack is up; logs in $LOGS, stop with stack/native/down.sh"

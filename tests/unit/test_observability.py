@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -20,7 +21,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 from test_serving import ACCOUNTS, UNKNOWN, artifact, latest_rows
 
-from workbook import names, scoring, serving, store
+from workbook import names, observability, scoring, serving, store
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # see test_serving
@@ -206,3 +207,16 @@ def test_alert_rules_and_dashboard_use_only_exposed_metrics(client):
 def test_a_renamed_metric_would_be_caught(client):
     exposed = exposed_names(client) - {"fraud_scoring_score_bucket"}
     assert any(not used <= exposed for used in used_names().values())
+
+
+def test_traces_are_exported_only_when_an_endpoint_is_set(monkeypatch):
+    for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"):
+        monkeypatch.delenv(name, raising=False)
+    assert isinstance(observability.tracer_from_environment(), trace.NoOpTracer)
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:1")
+    monkeypatch.delenv("OTEL_TRACES_SAMPLER", raising=False)
+    sampled = observability.tracer_from_environment().sampler.get_description()
+    assert f"TraceIdRatioBased{{{observability.TRACED_SHARE}}}" in sampled
+    monkeypatch.setenv("OTEL_TRACES_SAMPLER", "always_on")  # OpenTelemetry's own setting wins
+    assert observability.tracer_from_environment().sampler.get_description() == "AlwaysOnSampler"
