@@ -8,13 +8,19 @@ INSTALLED := $(VENV)/.installed
 MLFLOW_VENV := .venv-mlflow
 MLFLOW_INSTALLED := $(MLFLOW_VENV)/.installed
 MLFLOW_PORT ?= 5000
+# Airflow runs the daily step (orchestration/dags); its pins conflict with the workbook's too.
+AIRFLOW_VENV := .venv-airflow
+AIRFLOW_INSTALLED := $(AIRFLOW_VENV)/.installed
+AIRFLOW_PORT ?= 8088
+AIRFLOW := AIRFLOW_HOME=$(CURDIR)/.airflow AIRFLOW__CORE__DAGS_FOLDER=$(CURDIR)/orchestration/dags \
+	AIRFLOW__CORE__LOAD_EXAMPLES=False $(AIRFLOW_VENV)/bin/airflow
 ARGS ?=
 # nbval runs every notebook as committed (06 for its 14 days) and compares the outputs.
 NBVAL := --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
 	catch-up learner-copies stop-postgres setup-offline bundle browser test-workshop \
-	mlflow-env mlflow-ui stack-up stack-down stack-reset test-stack \
+	mlflow-env mlflow-ui airflow-env airflow-day airflow-ui test-orchestration stack-up stack-down stack-reset test-stack \
 	test-reliability bench
 
 $(INSTALLED): pyproject.toml
@@ -33,6 +39,14 @@ $(MLFLOW_INSTALLED): stack/mlflow/requirements.txt
 	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(MLFLOW_VENV)/bin/python -m pip install --quiet -r stack/mlflow/requirements.txt
+	touch $@
+
+$(AIRFLOW_INSTALLED): orchestration/requirements.txt
+	@command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	test -x $(AIRFLOW_VENV)/bin/python || $(PYTHON) -m venv $(AIRFLOW_VENV)
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(AIRFLOW_VENV)/bin/python -m pip install --quiet -r orchestration/requirements.txt
+	$(AIRFLOW) db migrate >/dev/null
 	touch $@
 
 # From a bundle (make bundle) on a machine without network: wheels and Spark's jars from it.
@@ -57,6 +71,16 @@ mlflow-ui: mlflow-env  ## the MLflow UI on the local registry (lakehouse/_mlflow
 	@test -f lakehouse/_mlflow/mlflow.db || { echo "no local registry yet: run notebook 03 (or make run) first"; exit 1; }
 	$(MLFLOW_VENV)/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/lakehouse/_mlflow/mlflow.db \
 		--host 127.0.0.1 --port $(MLFLOW_PORT)
+
+airflow-env: $(AIRFLOW_INSTALLED)  ## create .venv-airflow with Airflow and its database in .airflow/
+
+# Without a scheduler, as CI does; CONF sets the DAG's params, e.g. CONF='{"label_delay": 1}'.
+airflow-day: setup airflow-env  ## the DAG for one day of the loop: make airflow-day DAY=2025-02-01
+	@test -n "$(DAY)" || { echo "name the day, e.g. make airflow-day DAY=2025-02-01"; exit 2; }
+	$(AIRFLOW) dags test workbook_daily_step $(DAY) $(if $(CONF),--conf '$(CONF)')
+
+airflow-ui: setup airflow-env  ## Airflow (UI, scheduler) on 127.0.0.1:$(AIRFLOW_PORT); the DAG starts paused
+	AIRFLOW__API__HOST=127.0.0.1 AIRFLOW__API__PORT=$(AIRFLOW_PORT) $(AIRFLOW) standalone
 
 run: setup  ## run notebooks 01-06 headless; e.g. make run ARGS="--rows 50000 --seed 7"
 	$(BIN)/python -m workbook.run $(ARGS)
@@ -111,6 +135,9 @@ browser:  ## install Debian's chromium for the learner's path test (apt-get)
 test-workshop: setup browser  ## the workshop kit: platforms, offline bundle, JupyterLab in Chromium
 	$(BIN)/python -m pytest tests/workshop -q -s
 
+test-orchestration: setup airflow-env  ## the Airflow DAG against the loop, for three days (airflow dags test)
+	$(BIN)/python -m pytest tests/orchestration -q
+
 test-reliability: setup  ## hostile input, killed processes, failing services, secrets; ends with a summary line
 	$(BIN)/python -m pytest tests/reliability -q
 
@@ -134,18 +161,18 @@ stop-postgres:  ## stop the local profile's PostgreSQL (the next notebook that n
 	@test ! -x $(BIN)/python || $(BIN)/python -m workbook.local_postgres stop
 
 lint: setup
-	$(BIN)/ruff check lib tests notebooks benchmarks conftest.py
-	$(BIN)/ruff format --check lib tests notebooks benchmarks conftest.py
+	$(BIN)/ruff check lib tests notebooks benchmarks orchestration conftest.py
+	$(BIN)/ruff format --check lib tests notebooks benchmarks orchestration conftest.py
 
 format: setup
-	$(BIN)/ruff check --fix lib tests notebooks benchmarks conftest.py
-	$(BIN)/ruff format lib tests notebooks benchmarks conftest.py
+	$(BIN)/ruff check --fix lib tests notebooks benchmarks orchestration conftest.py
+	$(BIN)/ruff format lib tests notebooks benchmarks orchestration conftest.py
 
 reset: stop-postgres  ## delete the local lakehouse (tables, checkpoints, landed events, registry) and the local database
 	rm -rf lakehouse
 
 clean: reset
-	rm -rf runs $(VENV) $(MLFLOW_VENV)
+	rm -rf runs $(VENV) $(MLFLOW_VENV) $(AIRFLOW_VENV) .airflow
 
 refresh-outputs: setup  ## re-execute every notebook on a fresh lakehouse and keep the outputs (what nbval compares)
 	tmp=$$(mktemp -d) && WORKBOOK_LAKEHOUSE=$$tmp $(BIN)/jupyter nbconvert --to notebook --execute --inplace \

@@ -22,6 +22,11 @@ arrive leave their day's quality unmeasured; a challenger that does not beat the
 by the margin is registered and kept as the challenger, the alias stays. Each says so in
 its decision.
 
+The stages (``STAGES``) are ingest (1), features (2), online (3), scoring (4), monitoring
+(5 and 6), decision (7) and retraining (8). ``run_day`` runs them in one process; the
+Airflow DAG (``orchestration/``) runs each in a process of its own,
+``python -m workbook.loop --stage S --day D``, with the day's report kept in between.
+
 Every step can run again for the same day and changes nothing the second time: landing
 skips a landed day, ingestion and scoring keep checkpoints, features, labels, monitoring
 and decisions are merged on their keys, and a challenger is found again by its fingerprint.
@@ -35,7 +40,8 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
-from functools import reduce
+from functools import cached_property, reduce
+from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -55,6 +61,7 @@ from workbook import (
     store,
     train,
 )
+from workbook.config import get_settings
 from workbook.simulator import DriftScenario, SimulationConfig
 from workbook.spark import interpreted, local_frame
 
@@ -155,66 +162,162 @@ def loop_days(spark: SparkSession, count: int) -> list[date]:
     return [first + timedelta(days=k) for k in range(count)]
 
 
+STAGES = ("ingest", "features", "online", "scoring", "monitoring", "decision", "retraining")
+
+
 def run_day(
     spark: SparkSession,
     day: date,
     settings: LoopSettings | None = None,
     events: list[str] | None = None,
 ) -> DayReport:
-    """One day of the platform (see the module's docstring).
+    """One day of the platform (see the module's docstring): its stages in order.
 
     ``events``, when given, are the day's event lines instead of the simulated ones.
     """
+    step = Step(spark, DayReport(day), settings or LoopSettings(), events)
     with interpreted(spark):  # a day is small: compiling its queries would cost the most
-        return _run_day(spark, day, settings or LoopSettings(), events)
+        for stage in STAGES:
+            run_stage(step, stage)
+    return step.report
 
 
-def _run_day(spark, day: date, settings: LoopSettings, events: list[str] | None) -> DayReport:
-    config = world(spark, settings)
-    report = DayReport(day)
-    with _timed(report, "ingest"):
-        if events is None:
-            one_day = config.one_day(config.index_of(day))
-            report.events = sources.publish(spark, one_day, progress=False)
-        else:
-            sources.send_day(spark, day, events)
-            report.events = {"days": 1, "lines": len(events)}
-        ingest.ingest_events(spark)
-    with _timed(report, "features"):
-        report.feature_days = [str(d) for d in update_features(spark, day)]
-        report.online = refresh_online(spark, day)
-    # A day decided before is run again with the champion it had then, and keeps its decision.
-    decided = recorded_decision(spark, day)
-    with _timed(report, "scoring"):
-        if decided is None:
-            model, champion = registry.load_spark_model(spark, names.CHAMPION)
-        else:
-            model, champion = registry.load_spark_model(spark, version=decided["champion_before"])
-        report.predictions = score(spark, model, champion, day)
-        report.scored_by = champion.version
-    with _timed(report, "monitoring"):
-        due = day - timedelta(days=settings.label_delay_days)
-        if due in settings.lost_labels:
-            labelled, report.labels_lost = None, str(due)
-        else:
-            labelled = receive_labels(spark, config, due)
-        report.labels_of = str(labelled) if labelled else None
-        report.drift, report.quality = monitor(spark, model, champion, day, labelled)
+@dataclass
+class Step:
+    """A day's step while it runs: its report, and what its stages share in one process.
+
+    The stages can also run one process each (the Airflow DAG): each then starts from the
+    report the stages before it saved (``save`` and ``resume``), and reads the rest again.
+    """
+
+    spark: SparkSession
+    report: DayReport
+    settings: LoopSettings
+    events: list[str] | None = None
+
+    @cached_property
+    def config(self) -> SimulationConfig:
+        return world(self.spark, self.settings)
+
+    @cached_property
+    def decided(self):
+        """The decision recorded for the day, if it was decided before (see ``run_stage``)."""
+        return recorded_decision(self.spark, self.report.day)
+
+    @cached_property
+    def scoring_model(self) -> tuple:
+        """The champion of the day's morning; a day decided before, the one it had then."""
+        if self.decided is None:
+            return registry.load_spark_model(self.spark, names.CHAMPION)
+        return registry.load_spark_model(self.spark, version=self.decided["champion_before"])
+
+
+def run_stage(step: Step, stage: str) -> None:
+    """Run one stage of the step (one of ``STAGES``), timed in its report.
+
+    A day decided before runs again with the champion it had then and keeps its decision.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"no stage {stage!r}: the stages are {', '.join(STAGES)}")
+    report = step.report
+    if stage == "retraining" and not (report.retrain and step.decided is None):
+        return  # nothing to train: the decision said so, or was taken before
+    with _timed(report, stage):
+        _WORK[stage](step)
+
+
+def _ingest(step: Step) -> None:
+    spark, report, config = step.spark, step.report, step.config
+    if step.events is None:
+        one_day = config.one_day(config.index_of(report.day))
+        report.events = sources.publish(spark, one_day, progress=False)
+    else:
+        sources.send_day(spark, report.day, step.events)
+        report.events = {"days": 1, "lines": len(step.events)}
+    ingest.ingest_events(spark)
+
+
+def _features(step: Step) -> None:
+    step.report.feature_days = [str(d) for d in update_features(step.spark, step.report.day)]
+
+
+def _online(step: Step) -> None:
+    step.report.online = refresh_online(step.spark, step.report.day)
+
+
+def _scoring(step: Step) -> None:
+    model, champion = step.scoring_model
+    step.report.predictions = score(step.spark, model, champion, step.report.day)
+    step.report.scored_by = champion.version
+
+
+def _monitoring(step: Step) -> None:
+    spark, report, settings = step.spark, step.report, step.settings
+    model, champion = step.scoring_model
+    due = report.day - timedelta(days=settings.label_delay_days)
+    if due in settings.lost_labels:
+        labelled, report.labels_lost = None, str(due)
+    else:
+        labelled = receive_labels(spark, step.config, due)
+    report.labels_of = str(labelled) if labelled else None
+    report.drift, report.quality = monitor(spark, model, champion, report.day, labelled)
+
+
+def _decision(step: Step) -> None:
+    report, decided = step.report, step.decided
     if decided is not None:
         report.retrain, report.challenger = decided["retrain"], decided["challenger"]
         report.champion, report.reason = decided["champion_after"], decided["reason"]
-        log.info("%s: %s (decided before)", day, report.reason)
-        return report
-    with _timed(report, "decision"):
-        report.retrain, report.reason = decide(spark, champion, report, settings)
-        report.champion = champion.version
-        if report.retrain:
-            version, outcome = retrain(spark, config, day, settings, champion.version)
-            report.challenger, report.champion = version, outcome.champion
-            report.reason += f"; {outcome.reason}"
-        record_decision(spark, champion.version, report)
-    log.info("%s: %s", day, report.reason)
-    return report
+        log.info("%s: %s (decided before)", report.day, report.reason)
+        return
+    _, champion = step.scoring_model
+    report.retrain, report.reason = decide(step.spark, champion, report, step.settings)
+    report.champion = champion.version
+    if not report.retrain:  # else recorded once the challenger has met the champion
+        record_decision(step.spark, champion.version, report)
+        log.info("%s: %s", report.day, report.reason)
+
+
+def _retraining(step: Step) -> None:
+    report = step.report
+    _, champion = step.scoring_model
+    version, outcome = retrain(step.spark, step.config, report.day, step.settings, champion.version)
+    report.challenger, report.champion = version, outcome.champion
+    report.reason += f"; {outcome.reason}"
+    record_decision(step.spark, champion.version, report)
+    log.info("%s: %s", report.day, report.reason)
+
+
+_WORK = {
+    "ingest": _ingest,
+    "features": _features,
+    "online": _online,
+    "scoring": _scoring,
+    "monitoring": _monitoring,
+    "decision": _decision,
+    "retraining": _retraining,
+}
+
+
+def saved_report(day: date) -> Path:
+    """Where a step run stage by stage keeps its report between the stages' processes."""
+    return get_settings().lakehouse / "_steps" / f"{day}.json"
+
+
+def resume(spark: SparkSession, day: date, settings: LoopSettings, stage: str) -> Step:
+    """The step of ``day`` as the stages before ``stage`` left it (ingest starts afresh)."""
+    if stage == STAGES[0]:
+        return Step(spark, DayReport(day), settings)
+    path = saved_report(day)
+    if not path.exists():
+        raise FileNotFoundError(f"no report at {path}: run the stages before {stage} for {day}")
+    return Step(spark, DayReport(**{**json.loads(path.read_text()), "day": day}), settings)
+
+
+def save(step: Step) -> None:
+    path = saved_report(step.report.day)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(step.report.to_json())
 
 
 @contextmanager
@@ -624,16 +727,33 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--label-delay", type=int, default=LoopSettings.label_delay_days)
     parser.add_argument("--drift-from", type=date.fromisoformat, help="the drift's first day")
+    parser.add_argument(
+        "--stage",
+        choices=STAGES,
+        help="run this stage of --day only, after the stages before it (as the Airflow DAG "
+        "does); prints the day's report so far as JSON",
+    )
+    parser.add_argument("--day", type=date.fromisoformat, help="the day of --stage")
     args = parser.parse_args(argv)
+    if args.stage and not args.day:
+        parser.error("--stage needs --day")
     from workbook.run import local_postgres_stopped_at_the_end
 
-    spark = get_spark("06_monitor_retrain")
+    # A stage alone is a short job, but for training, which runs long enough to be compiled.
+    spark = get_spark("06_monitor_retrain", short_lived=args.stage not in (None, "retraining"))
     config = lakehouse.load_simulation(spark)
     drift = DriftScenario(config.index_of(args.drift_from)) if args.drift_from else None
     settings = LoopSettings(label_delay_days=args.label_delay, drift=drift)
     with local_postgres_stopped_at_the_end():  # as the runner: one this command started
-        for _ in range(args.days):
-            print(run_day(spark, next_day(spark), settings).to_json(), flush=True)
+        if args.stage:
+            step = resume(spark, args.day, settings, args.stage)
+            with interpreted(spark):
+                run_stage(step, args.stage)
+            save(step)
+            print(step.report.to_json(), flush=True)
+        else:
+            for _ in range(args.days):
+                print(run_day(spark, next_day(spark), settings).to_json(), flush=True)
     spark.stop()
     return 0
 

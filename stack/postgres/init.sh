@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Creates the online feature store: the database, a writer role that owns it and a
 # read-only role for lookups; and the MLflow tracking server's database with a role of its
-# own. Safe to run again: it creates what is missing and resets the passwords from the
+# own, and Airflow's likewise when AIRFLOW_DB_USER is set. Safe to run again: it creates what is missing and resets the passwords from the
 # environment.
 #
 # Used twice:
@@ -12,6 +12,7 @@
 #
 # Needs: FEATURES_WRITER_USER, FEATURES_WRITER_PASSWORD, FEATURES_READER_USER,
 # FEATURES_READER_PASSWORD, MLFLOW_DB_USER, MLFLOW_DB_PASSWORD (MLFLOW_DB, default mlflow);
+# for Airflow, AIRFLOW_DB_USER and AIRFLOW_DB_PASSWORD (AIRFLOW_DB, default airflow);
 # the feature database is PGDATABASE (or POSTGRES_DB); psql 15 or newer.
 
 # The body runs in a subshell: the image sources scripts that are not executable, and
@@ -59,13 +60,16 @@ SQL
     "writer $FEATURES_WRITER_USER, reader $FEATURES_READER_USER"
 )
 
-# MLflow's tracking server owns its database; no other role may connect to it.
-init_mlflow_store() (
+# A server that owns its database (MLflow's tracking server, Airflow's metadata): no other
+# role may connect to it. Arguments: what it is, the database, the owner, and the name of
+# the variable that holds the owner's password (passed on to psql in its environment).
+init_owned_store() (
   set -euo pipefail
-  : "${MLFLOW_DB_USER:?}" "${MLFLOW_DB_PASSWORD:?}"
-  psql -X -q -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
-    -v db="${MLFLOW_DB:-mlflow}" -v owner="$MLFLOW_DB_USER" <<'SQL'
-\getenv owner_password MLFLOW_DB_PASSWORD
+  local what="$1" db="$2" owner="${3:?no owner given}"
+  OWNER_PASSWORD="${!4:?$4 is not set}" \
+    psql -X -q -v ON_ERROR_STOP=1 --username "${POSTGRES_USER:-postgres}" --dbname postgres \
+    -v db="$db" -v owner="$owner" <<'SQL'
+\getenv owner_password OWNER_PASSWORD
 SELECT format('CREATE ROLE %I LOGIN', :'owner')
  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = :'owner') \gexec
 ALTER ROLE :"owner" WITH LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD :'owner_password';
@@ -74,8 +78,12 @@ SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'owner')
 ALTER DATABASE :"db" OWNER TO :"owner";
 REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
 SQL
-  echo "MLflow store ready: database ${MLFLOW_DB:-mlflow}, owner $MLFLOW_DB_USER"
+  echo "$what store ready: database $db, owner $owner"
 )
 
 init_feature_store
-init_mlflow_store
+init_owned_store MLflow "${MLFLOW_DB:-mlflow}" "${MLFLOW_DB_USER:-}" MLFLOW_DB_PASSWORD
+# Airflow's, where it runs on this server (Compose's airflow service).
+if [[ -n ${AIRFLOW_DB_USER:-} ]]; then
+  init_owned_store Airflow "${AIRFLOW_DB:-airflow}" "$AIRFLOW_DB_USER" AIRFLOW_DB_PASSWORD
+fi

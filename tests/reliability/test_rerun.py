@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import datetime
@@ -20,48 +19,14 @@ from pathlib import Path
 
 import pytest
 import quick_workbook
+from lakehouse_rows import delta_tables, online_rows, table_rows
 from processes import Worker, run_worker, wait_until
 from pyspark.sql import functions as F
 
-from workbook import lakehouse, names, simulator, store
+from workbook import lakehouse, names, simulator
 from workbook.run import NOTEBOOKS
 
 pytestmark = pytest.mark.spark
-
-# Set by each run to the time it ran; everything else must be equal.
-VOLATILE = {"inference_timestamp"}
-
-
-def as_multiset(rows) -> Counter:
-    return Counter(
-        repr(sorted((k, v) for k, v in row.items() if k not in VOLATILE)) for row in rows
-    )
-
-
-def delta_tables(root: Path) -> dict[str, str]:
-    """Every Delta table of the lakehouse at ``root`` (checkpoints' state stores aside)."""
-    return {
-        str(log.parent.relative_to(root)): str(log.parent)
-        for log in root.glob("*/**/_delta_log")
-        if "_checkpoint" not in log.parts
-    }
-
-
-def table_rows(spark, path: str, version: int | None = None) -> Counter:
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    return as_multiset(r.asDict() for r in reader.load(path).collect())
-
-
-def online_rows(root: Path, monkeypatch) -> Counter:
-    monkeypatch.setenv("WORKBOOK_LAKEHOUSE", str(root))  # its embedded PostgreSQL
-    conn = store.connect()
-    try:
-        return as_multiset(store.read_all().to_dict("records"))
-    finally:
-        conn.close()
-
 
 def commits_since(spark, path: str, version: int) -> list[tuple[int, datetime]]:
     """The table's commits after ``version``: (version, time), oldest first."""

@@ -32,7 +32,7 @@ ONE_SHOT = {"minio-init", "kafka-init"}
 # Interpolation would let the caller's environment override the env file: keep it out.
 PASSED_ENV = ("PATH", "HOME", "DOCKER_CONFIG")
 SECRET_VARIABLE = re.compile(r"(PASSWORD|SECRET|TOKEN)")
-CREDENTIAL_KEY = re.compile(r"(PASSWORD|SECRET|TOKEN|ACCESS_KEY|_USER|^PGUSER)$")
+CREDENTIAL_KEY = re.compile(r"(PASSWORD|SECRET|SECRET_KEY|TOKEN|ACCESS_KEY|_USER|^PGUSER)$")
 VARIABLE_REFERENCE = re.compile(r"^\$\{(?P<name>[A-Z][A-Z0-9_]*):\?[^}]+\}$")
 # An exact release: a MAJOR.MINOR version or a MinIO RELEASE date, never a moving tag.
 PINNED_TAG = re.compile(r"(\d+\.\d+|RELEASE\.\d{4}-\d\d-\d\dT)")
@@ -131,6 +131,7 @@ def expected_ports(env: dict[str, str]) -> dict[tuple[str, int], int]:
         ("mlflow", 5000): port_of(env["MLFLOW_TRACKING_URI"]),
         ("prometheus", 9090): int(env["PROMETHEUS_PORT"]),
         ("grafana", 3000): int(env["GRAFANA_PORT"]),
+        ("airflow", 8080): int(env["AIRFLOW_PORT"]),
     }
 
 
@@ -357,10 +358,13 @@ def test_images_are_pinned(config):
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_base_images_are_pinned(dockerfile):
-    bases = re.findall(r"^FROM\s+(\S+)", dockerfile.read_text(), flags=re.MULTILINE)
+    text = dockerfile.read_text()
+    bases = re.findall(r"^FROM\s+(\S+)", text, flags=re.MULTILINE)
+    stages = set(re.findall(r"^FROM\s+\S+\s+AS\s+(\S+)", text, flags=re.MULTILINE))
     assert bases, f"{dockerfile} has no FROM"
     for base in bases:
-        assert PINNED_TAG.search(base.rsplit(":", 1)[-1]), f"{base} is not pinned"
+        pinned = base in stages or PINNED_TAG.search(base.rsplit(":", 1)[-1])
+        assert pinned, f"{base} is not pinned"
 
 
 def test_spark_images_match_pyspark(config):
@@ -399,12 +403,23 @@ def test_prometheus_scrapes_the_service_and_grafana_reads_prometheus(config):
     assert folder == ("bind", str(REPO / "stack" / "grafana" / "dashboards"))
 
 
+def test_airflow_runs_the_dag_of_the_checkout_with_the_workbook(config):
+    airflow = config["services"]["airflow"]
+    folder = environment(airflow)["AIRFLOW__CORE__DAGS_FOLDER"]
+    assert folder.startswith(next(t for t in mounts(airflow) if t.endswith("/orchestration")))
+    assert airflow["build"]["target"] == "airflow" and airflow["hostname"] == "airflow"
+    assert environment(airflow)["SPARK_MASTER_URL"] == "spark://spark-master:7077"
+
+
 def test_driver_and_worker_share_the_model_staging_folder(config):
     """MLflow has Spark save a model into a local folder the driver then copies from."""
     target = f"/workbook/lakehouse/{registry.STAGING_FOLDER}"  # the image's lakehouse
-    jupyterlab, worker = config["services"]["jupyterlab"], config["services"]["spark-worker"]
-    shared = {mounts(service).get(target) for service in (jupyterlab, worker)}
-    assert len(shared) == 1 and None not in shared, f"one volume for both at {target}: {shared}"
+    services = config["services"]
+    jupyterlab, worker = services["jupyterlab"], services["spark-worker"]
+    # Airflow's tasks are drivers too: the daily step's retraining saves models.
+    drivers = (jupyterlab, services["airflow"], worker)
+    shared = {mounts(service).get(target) for service in drivers}
+    assert len(shared) == 1 and None not in shared, f"one volume for all at {target}: {shared}"
     kind, source = shared.pop()
     assert kind == "volume" and source in config["volumes"]
     # The driver moves and deletes what the executors wrote: the same user on both sides.

@@ -91,3 +91,17 @@ def test_a_day_is_summed_up_in_one_line_even_without_transactions():
     assert (
         empty.summary() == "2031-03-11: nothing scored (no valid transaction), labels of 2031-03-08"
     )
+
+
+def test_a_stage_resumes_from_the_report_the_stages_before_it_saved(spark):
+    day = date(2031, 3, 11)
+    with pytest.raises(FileNotFoundError, match="run the stages before scoring"):
+        loop.resume(spark, day, SETTINGS, "scoring")
+    step = loop.resume(spark, day, SETTINGS, "ingest")
+    step.report.events, step.report.seconds = {"days": 1, "lines": 7}, {"ingest": 1.5}
+    loop.save(step)
+    resumed = loop.resume(spark, day, SETTINGS, "features").report
+    assert resumed == step.report and resumed.day == day
+    assert loop.resume(spark, day, SETTINGS, "ingest").report == loop.DayReport(day)
+    with pytest.raises(ValueError, match="no stage 'scores'"):
+        loop.run_stage(step, "scores")
