@@ -28,6 +28,7 @@ from workbook.run import NOTEBOOKS
 
 pytestmark = pytest.mark.spark
 
+
 def commits_since(spark, path: str, version: int) -> list[tuple[int, datetime]]:
     """The table's commits after ``version``: (version, time), oldest first."""
     history = spark.sql(f"DESCRIBE HISTORY delta.`{path}`").filter(F.col("version") > version)
