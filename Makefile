@@ -136,7 +136,7 @@ test-workshop: setup browser  ## the workshop kit: platforms, offline bundle, Ju
 	$(BIN)/python -m pytest tests/workshop -q -s
 
 test-orchestration: setup airflow-env  ## the Airflow DAG against the loop, for three days (airflow dags test)
-	$(BIN)/python -m pytest tests/orchestration -q
+	$(BIN)/python -m pytest tests/orchestration -q -s
 
 test-reliability: setup  ## hostile input, killed processes, failing services, secrets; ends with a summary line
 	$(BIN)/python -m pytest tests/reliability -q

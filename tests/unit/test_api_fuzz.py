@@ -6,15 +6,13 @@ Fixed seed and a bounded number of examples per operation, so a run is repeatabl
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
-from test_serving import artifact, latest_rows
+from test_serving import online_rows_and_model
 
-from workbook import launcher, scoring, serving, store
+from workbook import launcher, serving
 
 pytestmark = pytest.mark.postgres
 
@@ -24,14 +22,7 @@ schema.config.seed = 20251203
 
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory):
-    conn = store.connect()
-    store.create_tables(conn)
-    with conn, conn.cursor() as cur:
-        cur.execute(f"TRUNCATE {store.TABLE}")
-    store.materialize(conn, latest_rows())
-    conn.close()
-    model = tmp_path_factory.mktemp("model") / scoring.ARTIFACT_FILE
-    model.write_text(json.dumps(artifact()))
+    model = online_rows_and_model(tmp_path_factory)
     running = launcher.start_service(model_location=str(model))
     yield running.url
     running.stop()

@@ -19,9 +19,9 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
-from test_serving import ACCOUNTS, UNKNOWN, artifact, latest_rows
+from test_serving import ACCOUNTS, UNKNOWN, artifact, online_rows_and_model
 
-from workbook import names, observability, scoring, serving, store
+from workbook import names, observability, serving, store
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # see test_serving
@@ -46,15 +46,7 @@ EVENT = {
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
-    conn = store.connect()
-    store.create_tables(conn)
-    with conn, conn.cursor() as cur:
-        cur.execute(f"TRUNCATE {store.TABLE}")
-    store.materialize(conn, latest_rows())
-    conn.close()
-    path = tmp_path_factory.mktemp("model") / scoring.ARTIFACT_FILE
-    path.write_text(json.dumps(artifact()))
-    return path
+    return online_rows_and_model(tmp_path_factory)
 
 
 @pytest.fixture

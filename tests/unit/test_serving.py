@@ -96,6 +96,19 @@ def artifact() -> dict:
     return {"model_version": scoring._version(params), **params}
 
 
+def online_rows_and_model(tmp_path_factory) -> Path:
+    """The online table holding ``latest_rows`` only, and the model file: a service to test."""
+    conn = store.connect()
+    store.create_tables(conn)
+    with conn, conn.cursor() as cur:
+        cur.execute(f"TRUNCATE {store.TABLE}")
+    store.materialize(conn, latest_rows())
+    conn.close()
+    path = tmp_path_factory.mktemp("model") / scoring.ARTIFACT_FILE
+    path.write_text(json.dumps(artifact()))
+    return path
+
+
 @pytest.fixture(scope="module")
 def materialized():
     conn = store.connect()
