@@ -30,6 +30,7 @@ from airflow.sdk import DAG, Param, task
 REPO = Path(__file__).resolve().parents[2]
 # The workbook's interpreter; Airflow's own cannot import the workbook.
 WORKBOOK_PYTHON = os.environ.get("WORKBOOK_PYTHON", str(REPO / ".venv" / "bin" / "python"))
+# workbook.loop.STAGES up to the decision (tests/orchestration checks that they agree).
 STAGES = ("ingest", "features", "online", "scoring", "monitoring", "decision")
 
 

@@ -20,7 +20,7 @@ import quick_workbook
 from lakehouse_rows import delta_tables, online_rows, table_rows
 from pyspark.sql import functions as F
 
-from workbook import lakehouse, names
+from workbook import lakehouse, loop, names
 from workbook.config import REPO_ROOT
 
 pytestmark = pytest.mark.spark
@@ -112,6 +112,7 @@ def test_the_dag_gives_the_tables_of_the_loop(spark, by_loop, tmp_path):
             took = time.perf_counter() - started
             state, tasks = dag_run(day, env)
             print(f"DAG run for {day}: {state} in {took:.0f} s; {tasks}")
+            assert set(loop.STAGES) <= set(tasks), "the DAG lacks a stage of the loop"
             branch, other = ("retraining", "keep_champion")[:: 1 if report["retrain"] else -1]
             assert state == "success" and tasks.pop(other) == "skipped", tasks
             assert set(tasks.values()) == {"success"} and branch in tasks, tasks
