@@ -128,9 +128,14 @@ def http_batch_lookups(
 
 def http_scores(base_url: str, transactions: Sequence[dict], n: int = 2000, seed: int = 0):
     """``n`` POST /score of randomly chosen transactions."""
-    bodies = [json.dumps({k: _jsonable(v) for k, v in t.items()}).encode() for t in transactions]
+    bodies = _score_bodies(transactions)
     with HttpClient(base_url) as client:
         return timed(lambda b: client.call("POST", "/score", b), bodies, n, seed)
+
+
+def _score_bodies(transactions: Sequence[dict]) -> list[bytes]:
+    """Each transaction as the JSON body a client would POST to /score."""
+    return [json.dumps({k: _jsonable(v) for k, v in t.items()}).encode() for t in transactions]
 
 
 def http_scores_side_by_side(
@@ -141,7 +146,7 @@ def http_scores_side_by_side(
     The services take turns request by request, the first one changing every time, so a
     noisy moment of the machine falls on all of them alike: their figures compare.
     """
-    bodies = [json.dumps({k: _jsonable(v) for k, v in t.items()}).encode() for t in transactions]
+    bodies = _score_bodies(transactions)
     chosen = np.random.default_rng(seed).integers(0, len(bodies), n)
     out = np.empty((len(base_urls), n))
     clients = [HttpClient(url) for url in base_urls]

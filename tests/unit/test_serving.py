@@ -406,7 +406,10 @@ def test_service_process_and_latency_helpers(materialized, model_file):
         events = [transaction(account_id=a, transaction_id=f"TX-{a}") for a in ACCOUNTS]
         scores = latency.http_scores(running.url, events, n=30)
         batches = latency.http_batch_lookups(running.url, [*ACCOUNTS, UNKNOWN], 4, n=10)
+        side_by_side = latency.http_scores_side_by_side([running.url] * 2, events, n=12)
     assert running.process.returncode == 0
+    assert [t.shape for t in side_by_side] == [(12,), (12,)]
+    assert all((t > 0).all() for t in side_by_side)
     assert lookups.shape == scores.shape == (30,) and batches.shape == (10,)
     assert (lookups > 0).all() and (scores > 0).all() and (batches > 0).all()
 
