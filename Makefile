@@ -19,7 +19,7 @@ ARGS ?=
 NBVAL := --nbval notebooks --nbval-sanitize-with tests/nbval_sanitize.cfg
 
 .PHONY: setup run test test-unit test-smoke test-notebooks jars lab lint format reset clean refresh-outputs \
-	catch-up learner-copies stop-postgres setup-offline bundle browser test-workshop \
+	catch-up learner-copies lineage stop-postgres setup-offline bundle browser test-workshop \
 	mlflow-env mlflow-ui airflow-env airflow-day airflow-ui test-orchestration stack-up stack-down stack-reset test-stack \
 	test-reliability bench
 
@@ -156,6 +156,9 @@ lab: setup  ## JupyterLab on your copies of the notebooks (learner/; LAB_DIR=not
 	@test "$(LAB_DIR)" != learner || $(BIN)/python -m workbook.workshop
 	trap '$(MAKE) --no-print-directory stop-postgres' EXIT; trap : INT; trap exit HUP TERM; \
 		$(BIN)/jupyter lab $(LAB_DIR)
+
+lineage: setup  ## print the lineage of your lakehouse's tables and draw it (lakehouse/_lineage/graph.png)
+	$(BIN)/python -m workbook.lineage
 
 stop-postgres:  ## stop the local profile's PostgreSQL (the next notebook that needs it starts it)
 	@test ! -x $(BIN)/python || $(BIN)/python -m workbook.local_postgres stop

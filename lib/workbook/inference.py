@@ -10,7 +10,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from workbook import lakehouse, names
+from workbook import lakehouse, lineage, names, registry
 from workbook.features import as_of_date, transaction_features
 from workbook.train import score
 
@@ -82,6 +82,9 @@ def start_scoring(
         .queryName("score_transactions")
     )
     trigger = {"processingTime": processing_time} if processing_time else {"availableNow": True}
+    # Spark reports each micro-batch's reads and write; the model is Python's to name.
+    read = [lineage.at(raw_path), lineage.at(features_path), registry.as_dataset(model_version)]
+    lineage.record("score_transactions", read, [lineage.at(predictions_path)])
     return writer.trigger(**trigger).start()
 
 

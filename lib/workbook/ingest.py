@@ -14,7 +14,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from workbook import contract, lakehouse, names, sources
+from workbook import contract, lakehouse, lineage, names, sources
 from workbook.contract import (
     EVENT_FIELDS,
     KNOWN_CURRENCIES,
@@ -311,6 +311,7 @@ def write_labels(spark: SparkSession, labels, path: str) -> None:
     ensure_table(spark, path, LABELS_SCHEMA)
     rows = spark.createDataFrame(labels.astype({names.LABEL: "int32"}), LABELS_SCHEMA)
     merge_new_rows(spark, path, rows, [names.TRANSACTION_ID])
+    lineage.record("receive_labels", [lineage.GROUND_TRUTH], [lineage.at(path)])
 
 
 def quarantine_summary(spark: SparkSession, path: str) -> DataFrame:

@@ -6,7 +6,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
-from workbook import names
+from workbook import lineage, names
 from workbook.config import get_settings
 
 if TYPE_CHECKING:  # the simulator (numpy, pandas) is imported only where a manifest is read
@@ -153,10 +153,12 @@ def commit_note(spark, note: str):
         spark.conf.unset(key)
 
 
-def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
+def upsert(spark, path: str, rows, keys: list[str], made_from=()) -> dict[str, int]:
     """Insert new keys and update changed rows; identical rows are left alone.
 
-    Returns the inserted and updated row counts of the MERGE.
+    Returns the inserted and updated row counts of the MERGE. ``made_from``: the tables
+    ``rows`` were computed from, for the lineage graph (Spark's listener does not see a MERGE's
+    source tables, nor through a checkpointed plan).
     """
     from delta.tables import DeltaTable
 
@@ -171,6 +173,7 @@ def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
         .whenNotMatchedInsertAll()
         .execute()
     )
+    _record("upsert", made_from, path)
     metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
     return {
         "inserted": int(metrics.get("numTargetRowsInserted", 0)),
@@ -178,11 +181,17 @@ def upsert(spark, path: str, rows, keys: list[str]) -> dict[str, int]:
     }
 
 
-def append(spark, path: str, rows) -> None:
+def append(spark, path: str, rows, made_from=()) -> None:
     """Add ``rows`` (new keys only) to the Delta table at ``path``: one job, where a MERGE
-    runs a dozen."""
+    runs a dozen. ``made_from`` as for ``upsert``."""
     _require_columns(path, spark.read.format("delta").load(path).columns, rows.columns)
     rows.write.format("delta").mode("append").save(path)
+    _record("append", made_from, path)
+
+
+def _record(job: str, made_from, path: str) -> None:
+    if made_from:
+        lineage.record(job, map(lineage.table, made_from), [lineage.at(path)])
 
 
 def _require_columns(path: str, stored: list[str], written: list[str]) -> None:

@@ -52,6 +52,7 @@ from workbook import (
     inference,
     ingest,
     lakehouse,
+    lineage,
     monitoring,
     names,
     promotion,
@@ -356,9 +357,9 @@ def update_features(spark: SparkSession, day: date) -> list[date]:
         return days
     with lakehouse.commit_note(spark, json.dumps({COVERED: raw_version})):
         if first <= last:  # days stored before change: a MERGE
-            lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS))
+            lakehouse.upsert(spark, path, rows, list(names.FEATURE_KEYS), [names.RAW_TABLE])
         else:  # new days only: new keys, so an append (one job) does what a MERGE (a dozen) would
-            lakehouse.append(spark, path, rows)
+            lakehouse.append(spark, path, rows, [names.RAW_TABLE])
     return days
 
 
@@ -525,6 +526,9 @@ def monitor(spark, model, champion: registry.LoadedModel, day: date, labelled: d
         measured += measure_quality(spark, rows.filter(of == F.lit(labelled)))
     monitoring.record_rows(spark, reduce(DataFrame.unionByName, measured))
     rows.unpersist()
+    read = [names.RAW_TABLE, names.FEATURES_TABLE, names.PREDICTIONS_TABLE]
+    read += [names.LABELS_TABLE] if labelled else []
+    lineage.record("monitor", map(lineage.table, read), [lineage.table(names.MONITORING_TABLE)])
     return _values(drift), _values(*measured[1:])
 
 
@@ -714,6 +718,8 @@ def record_decision(spark: SparkSession, champion_before: str, report: DayReport
     )
     rows = local_frame(spark, [row], DECISION_SCHEMA)
     lakehouse.merge_new_rows(spark, path, rows, [names.MONITORED_DAY])
+    read = [lineage.table(names.MONITORING_TABLE), registry.as_dataset(champion_before)]
+    lineage.record("decide", read, [lineage.at(path)])
 
 
 def main(argv=None) -> int:

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from importlib.metadata import version as installed_version
 from pathlib import Path
 
-from workbook import lakehouse, names, scoring, services
+from workbook import lakehouse, lineage, names, scoring, services
 from workbook.config import get_settings, required
 
 MODEL_NAME = names.MODEL.name
@@ -319,20 +319,29 @@ def register(run: TrainingRun):
     """
     mlflow_client = client()
     existing = find_version(run.fingerprint, mlflow_client)
-    if existing is not None:
-        return existing, False
+    version = existing or _create_version(mlflow_client, run)
+    inputs = [lineage.table(t) for t in _input_tables()]
+    lineage.record("register_model", inputs, [as_dataset(version.version)])
+    return version, existing is None
+
+
+def as_dataset(version) -> lineage.Dataset:
+    """A registered version, as a dataset of the lineage graph."""
+    return lineage.Dataset(tracking_uri(), f"{MODEL_NAME}/{version}")
+
+
+def _create_version(mlflow_client, run: TrainingRun):
     try:
         mlflow_client.create_registered_model(MODEL_NAME)
     except _mlflow().exceptions.MlflowException as error:
         if error.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
-    created = mlflow_client.create_model_version(
+    return mlflow_client.create_model_version(
         MODEL_NAME,
         source=f"runs:/{run.run_id}/{MODEL_PATH}",
         run_id=run.run_id,
         tags={FINGERPRINT_TAG: run.fingerprint},
     )
-    return created, True
 
 
 def find_version(print_of_inputs: str, mlflow_client=None):

@@ -7,6 +7,7 @@ instead of a timeout deep inside Spark or a client library.
 
 from __future__ import annotations
 
+import shutil
 import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -138,7 +139,7 @@ def recreate_topic(partitions: int = 3, timeout: float = 30.0) -> None:
 
 def reset() -> None:
     """Empty the stack for a fresh start: buckets, topic, online tables and the registry."""
-    from workbook import registry, store
+    from workbook import lineage, registry, store
 
     print(f"S3: {empty_buckets():,} objects deleted from the workbook's buckets")
     recreate_topic()
@@ -150,6 +151,8 @@ def reset() -> None:
         conn.close()
     print("PostgreSQL: online tables dropped")
     print(f"MLflow: registered model deleted, {registry.reset():,} runs deleted")
+    shutil.rmtree(lineage.folder(), ignore_errors=True)  # the lineage of what was deleted
+    print(f"Lineage: {lineage.folder()} emptied")
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from workbook import class_archive, services
+from workbook import class_archive, lineage, services
 from workbook.config import Settings, get_settings
 
 MIN_JAVA = 17
@@ -18,9 +18,10 @@ DELTA_PACKAGE = "io.delta:delta-spark_4.1_2.13:4.3.1"
 # Jars each profile needs from Maven Central; `make jars` fetches them ahead of time.
 # hadoop-aws matches the Hadoop client bundled with pyspark; Kafka's connector matches Spark.
 PACKAGES = {
-    "local": [DELTA_PACKAGE],
+    "local": [DELTA_PACKAGE, lineage.SPARK_PACKAGE],
     "stack": [
         DELTA_PACKAGE,
+        lineage.SPARK_PACKAGE,
         "org.apache.hadoop:hadoop-aws:3.4.2",
         "org.apache.spark:spark-sql-kafka-0-10_2.13:4.1.1",
         "org.postgresql:postgresql:42.7.8",
@@ -124,6 +125,7 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.sql.streaming.stateStore.providerClass": (
             "org.apache.spark.sql.execution.streaming.state.HDFSBackedStateStoreProvider"
         ),
+        **lineage.spark_conf(settings, app_name),
     }
 
 

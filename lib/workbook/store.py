@@ -21,7 +21,7 @@ from psycopg2 import sql
 from psycopg2.extensions import make_dsn, parse_dsn
 from psycopg2.pool import ThreadedConnectionPool
 
-from workbook import local_postgres, names
+from workbook import lineage, local_postgres, names
 from workbook.config import get_settings, required
 
 if TYPE_CHECKING:  # pandas is for the writer and tools; lookups (the service) need none
@@ -248,6 +248,8 @@ def materialize(conn, latest) -> dict[str, int]:
             )
         )
         flags = [row[0] for row in cur.fetchall()]
+    online = lineage.postgres_table(conn, TABLE)
+    lineage.record("materialize_online", [lineage.table(names.FEATURES_TABLE)], [online])
     inserted = sum(flags)
     return {
         "inserted": inserted,
