@@ -306,8 +306,8 @@ def _kind(dataset: str) -> str:
 def draw(lineage: Lineage, ax) -> None:
     """The datasets in columns by depth, sources on the left, an arrow from each input.
 
-    Within a column, a dataset sits level with the mean height of its inputs (fewer crossing
-    arrows).
+    Within a column, a dataset sits level with the mean height of its inputs, and a source
+    with that of what was made from it (fewer crossing arrows).
     """
     columns: dict[int, list[str]] = defaultdict(list)
     for dataset in lineage.datasets:
@@ -320,6 +320,10 @@ def draw(lineage: Lineage, ax) -> None:
                 key=lambda d: sum(height[i] for i in lineage.inputs[d]) / len(lineage.inputs[d])
             )
         height |= {d: (len(column) - 1) / 2 - row for row, d in enumerate(column)}
+    # The sources then follow what was made from them.
+    made = {s: [height[d] for d, ins in lineage.inputs.items() if s in ins] for s in columns[0]}
+    columns[0].sort(key=lambda s: -sum(made[s]) / max(len(made[s]), 1))
+    height |= {s: (len(columns[0]) - 1) / 2 - row for row, s in enumerate(columns[0])}
     boxes = {
         d: ax.text(
             depth,

@@ -183,3 +183,24 @@ def messages_since(offsets: dict[int, int]) -> list[tuple[str, bytes]]:
     finally:
         consumer.close()
     return found
+
+
+def test_lineage_names_the_online_store_and_holds_no_credential(spark):
+    """The online refresh over JDBC (a password among its options): its lineage names the
+    online table made from the features, and no event holds a credential of .env."""
+    from workbook import features, lineage, store
+
+    offline = lakehouse.read_table(spark, names.FEATURES_TABLE)
+    conn = store.connect()
+    try:
+        store.materialize(conn, features.latest_per_account(offline))
+    finally:
+        conn.close()
+    spark.sparkContext._jsc.sc().listenerBus().waitUntilEmpty()  # the listener is asynchronous
+    graph = lineage.graph()
+    assert graph.inputs[lineage.ONLINE_LABEL] == {names.FEATURES_TABLE.name}
+    staged = {d for run in graph.runs if run.from_spark for d in run.outputs}
+    assert any(d.namespace.startswith("postgres://") for d in staged), "Spark's JDBC write"
+    events = "".join(p.read_text() for p in lineage.folder().glob("*.jsonl"))
+    secrets = {k: v for k, v in os.environ.items() if k.endswith(("PASSWORD", "SECRET_KEY"))}
+    assert secrets and not [k for k, v in secrets.items() if v in events]
