@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # run as a path: python benchmarks/run.py
 
 from benchmarks import common  # noqa: E402
 
-BENCHMARKS = ("workbook", "lookup", "stream", "registry", "intake", "features")
+BENCHMARKS = ("workbook", "lookup", "stream", "registry", "lineage", "intake", "features")
 HEADLINE_KEYS = (
     "features_rows_per_s",
     "features_ratio_vs_reference",
@@ -37,6 +37,8 @@ HEADLINE_KEYS = (
     "loop_step_last_vs_first",
     "tracking_overhead_share",
     "champion_load_s",
+    "lineage_overhead_share",
+    "lineage_event_mb",
     "intake_events_per_s",
     "intake_to_raw_events_per_s",
     "intake_to_topic_events_per_s",
@@ -55,6 +57,7 @@ TARGETS = (
     ("loop_step_last_vs_first", "<=", 1.5),
     ("tracking_overhead_share", "<=", 0.10),
     ("champion_load_s", "<=", 2.0),
+    ("lineage_overhead_share", "<=", 0.05),
 )
 FULL_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (100_000,)
@@ -158,6 +161,10 @@ def main(argv=None) -> int:
 
                 workbook.ensure_lakehouse()
                 section = registry.run(**({"rounds": 1, "loads": 2} if args.quick else {}))
+            elif name == "lineage":
+                from benchmarks import lineage
+
+                section = lineage.run(**({"rounds": 1, "quick": True} if args.quick else {}))
             elif name == "intake":
                 from benchmarks import intake
 

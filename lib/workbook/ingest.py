@@ -295,15 +295,20 @@ def run_to_end(start):
 def ingest_events(spark: SparkSession, max_files_per_trigger: int | None = None):
     """Ingest every event not read before from the profile's source into raw and quarantine."""
     raw_path = lakehouse.location(names.RAW_TABLE)
-    return run_to_end(
+    quarantine_path = lakehouse.location(names.QUARANTINE_TABLE)
+    query = run_to_end(
         lambda: start_ingest(
             spark,
             sources.event_stream(spark, max_files_per_trigger),
             raw_path,
-            lakehouse.location(names.QUARANTINE_TABLE),
+            quarantine_path,
             checkpoint=lakehouse.checkpoint_of(raw_path),
         )
     )
+    # Spark reports the landed files it read, not a Kafka topic read in foreachBatch.
+    written = [lineage.at(raw_path), lineage.at(quarantine_path)]
+    lineage.record("ingest_events", [sources.dataset()], written)
+    return query
 
 
 def write_labels(spark: SparkSession, labels, path: str) -> None:

@@ -33,6 +33,7 @@ from workbook.config import Settings, get_settings
 
 SPARK_PACKAGE = "io.openlineage:openlineage-spark_2.13:1.53.0"
 NAMESPACE = "workbook"  # the jobs' namespace, Spark's and Python's
+MODELS = "mlflow"  # the registered versions' namespace: "<model>/<version>" in it
 PRODUCER = "https://github.com/OpenLineage/OpenLineage/tree/1.53.0/client/python"
 FOLDER = "_lineage"
 
@@ -231,7 +232,7 @@ def label(dataset: Dataset, settings: Settings) -> str | None:
         return ONLINE_LABEL if name.endswith(f".{names.ONLINE_FEATURES_TABLE}") else None
     elif dataset == GROUND_TRUTH:
         return GROUND_TRUTH_LABEL
-    elif name.startswith(f"{names.MODEL.name}/"):
+    elif namespace == MODELS:
         return f"model v{name.rpartition('/')[2]}"
     else:
         return None

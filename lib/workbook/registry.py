@@ -326,8 +326,9 @@ def register(run: TrainingRun):
 
 
 def as_dataset(version) -> lineage.Dataset:
-    """A registered version, as a dataset of the lineage graph."""
-    return lineage.Dataset(tracking_uri(), f"{MODEL_NAME}/{version}")
+    """A registered version, as a dataset of the lineage graph (named without opening the
+    registry: a scoring stream names its model before it starts)."""
+    return lineage.Dataset(lineage.MODELS, f"{MODEL_NAME}/{version}")
 
 
 def _create_version(mlflow_client, run: TrainingRun):

@@ -15,7 +15,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm  # plain text bars: no widget dependency in headless kernels
 
-from workbook import intake, lakehouse, names, services, simulator
+from workbook import intake, lakehouse, lineage, names, services, simulator
 from workbook.config import get_settings
 
 
@@ -68,6 +68,15 @@ def event_stream(spark: SparkSession, max_files_per_trigger: int | None = None) 
     if get_settings().profile == "stack":
         return kafka_stream(spark)
     return landed_files_stream(spark, lakehouse.location(names.LANDING_ZONE), max_files_per_trigger)
+
+
+def dataset() -> lineage.Dataset:
+    """The profile's source, named as Spark's listener names it."""
+    settings = get_settings()
+    if settings.profile == "stack":
+        brokers = settings.kafka_bootstrap_servers.split(",")[0]
+        return lineage.Dataset(f"kafka://{brokers}", names.TRANSACTIONS_TOPIC)
+    return lineage.table(names.LANDING_ZONE)
 
 
 def _land_file(landing: Path, day: date, lines: list[str]) -> None:

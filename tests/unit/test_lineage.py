@@ -71,7 +71,7 @@ def test_datasets_are_named_as_spark_names_them_and_labelled_for_the_graph(lakeh
         lineage.Dataset("postgres://localhost:5432", "db.public.daily_account_features"): (
             lineage.ONLINE_LABEL
         ),
-        lineage.Dataset("sqlite:////x/mlflow.db", f"{names.MODEL.name}/3"): "model v3",
+        lineage.Dataset(lineage.MODELS, f"{names.MODEL.name}/3"): "model v3",
         lineage.GROUND_TRUTH: lineage.GROUND_TRUTH_LABEL,
     }
     for dataset, label in labelled.items():
