@@ -17,8 +17,11 @@ back into a graph of the workbook's datasets.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
+import socket
 import sys
 import textwrap
 from collections import defaultdict
@@ -27,6 +30,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import NamedTuple
+from urllib.parse import urlsplit
 
 from workbook import names
 from workbook.config import Settings, get_settings
@@ -61,6 +65,8 @@ class Dataset(NamedTuple):
 # Where the labels come from: the simulator stands in for the cases a fraud team closes.
 GROUND_TRUTH = Dataset("simulator", "fraud_outcomes")
 
+log = logging.getLogger(__name__)
+
 
 def disabled() -> bool:
     return os.environ.get("OPENLINEAGE_DISABLED", "").lower() in ("1", "true")
@@ -68,6 +74,31 @@ def disabled() -> bool:
 
 def folder(settings: Settings | None = None) -> Path:
     return (settings or get_settings()).lakehouse / FOLDER
+
+
+def server_url() -> str | None:
+    """``LINEAGE_URL``, if set and its server answers; else events go to the files only."""
+    url = os.environ.get("LINEAGE_URL")
+    return _answering(url) if url else None
+
+
+@functools.cache
+def _answering(url: str) -> str | None:
+    """``url`` if its server accepts a connection; else ``None``, said once per process."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=2).close()
+        return url
+    except OSError as error:
+        log.warning(
+            "The lineage server at LINEAGE_URL=%s does not answer (%s): events go to %s only. "
+            "Start the server (Marquez, OpenMetadata), or unset LINEAGE_URL.",
+            url,
+            error,
+            folder(),
+        )
+        return None
 
 
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
@@ -81,7 +112,7 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         # Jobs on RDDs are Delta's and MLlib's internals: no table is read or written there.
         "spark.openlineage.filter.rddEventsDisabled": "true",
     }
-    if not (url := os.environ.get("LINEAGE_URL")):
+    if not (url := server_url()):
         return conf | {
             "spark.openlineage.transport.type": "file",
             "spark.openlineage.transport.location": str(events),
@@ -98,6 +129,8 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     }
     if key := os.environ.get("LINEAGE_API_KEY"):
         conf |= {f"{http}.auth.type": "api_key", f"{http}.auth.apiKey": key}
+        # Spark's UI shows settings unless their name matches this (its default, and apiKey).
+        conf["spark.redaction.regex"] = "(?i)secret|password|token|access[.]?key|apikey"
     return conf
 
 
@@ -162,12 +195,13 @@ def _python_transport() -> dict:
     path = folder() / f"python-{os.getpid()}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     to_file = {"type": "file", "log_file_path": str(path), "append": True}
-    if not (url := os.environ.get("LINEAGE_URL")):
+    if not (url := server_url()):
         return to_file
     http = {
         "type": "http",
         "url": url,
         "endpoint": os.environ.get("LINEAGE_ENDPOINT", "/api/v1/lineage"),
+        "retry": {"total": 2},  # not OpenLineage's five: a notebook waits for each event
     }
     if key := os.environ.get("LINEAGE_API_KEY"):
         http["auth"] = {"type": "api_key", "apiKey": key}

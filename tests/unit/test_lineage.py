@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
 import textwrap
@@ -38,16 +40,34 @@ def test_the_listener_writes_to_a_file_of_its_own_beside_the_lakehouse(lakehouse
     assert events.parent == lakehouse / "_lineage" and events.name.startswith("spark-02_features-")
 
 
-def test_with_a_url_events_also_go_over_http(lakehouse, monkeypatch):
-    monkeypatch.setenv("LINEAGE_URL", "http://127.0.0.1:5000")
+def test_with_a_url_events_also_go_over_http(lakehouse, monkeypatch, collector):
+    url, _ = collector
+    monkeypatch.setenv("LINEAGE_URL", url)
     monkeypatch.setenv("LINEAGE_API_KEY", "a-key")
     conf = lineage.spark_conf(get_settings(), "app")
     http = "spark.openlineage.transport.transports.http"
     assert conf["spark.openlineage.transport.type"] == "composite"
     assert conf["spark.openlineage.transport.transports.file.type"] == "file"
-    assert conf[f"{http}.url"] == "http://127.0.0.1:5000"
+    assert conf[f"{http}.url"] == url
     assert conf[f"{http}.endpoint"] == "/api/v1/lineage"
     assert conf[f"{http}.auth.apiKey"] == "a-key"
+    assert re.search(conf["spark.redaction.regex"], f"{http}.auth.apiKey"), "hidden in Spark's UI"
+
+
+def test_a_server_that_does_not_answer_is_named_once_and_the_file_still_kept(
+    lakehouse, monkeypatch, caplog
+):
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{unused.getsockname()[1]}"
+    monkeypatch.setenv("LINEAGE_URL", url)
+    labels = lineage.table(names.LABELS_TABLE)
+    for _ in range(2):
+        lineage.record("receive_labels", [lineage.GROUND_TRUTH], [labels])
+    said = [r.getMessage() for r in caplog.records if "does not answer" in r.getMessage()]
+    assert len(said) == 1 and url in said[0] and "unset LINEAGE_URL" in said[0]
+    assert lineage.spark_conf(get_settings(), "app")["spark.openlineage.transport.type"] == "file"
+    assert len(lineage.graph().runs) == 2
 
 
 def test_disabled_means_no_listener_and_no_events(lakehouse, monkeypatch):
