@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import textwrap
+import uuid
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -157,8 +158,12 @@ def postgres_table(conn, table_name: str) -> Dataset:
     return Dataset(f"postgres://{host}:{info.port}", f"{info.dbname}.public.{table_name}")
 
 
-def record(job: str, inputs: Iterable[Dataset], outputs: Iterable[Dataset]) -> None:
+def record(
+    job: str, inputs: Iterable[Dataset], outputs: Iterable[Dataset], run_id: str | None = None
+) -> None:
     """One completed run of ``job`` that read ``inputs`` and wrote ``outputs``.
+
+    ``run_id``: the run's own id, when it has one (an MLflow run's: both are UUIDs).
 
     The job is named after the running application (the notebook's Spark session), as
     Spark's own events are.
@@ -172,7 +177,7 @@ def record(job: str, inputs: Iterable[Dataset], outputs: Iterable[Dataset]) -> N
     event = ol.RunEvent(
         eventType=ol.RunState.COMPLETE,
         eventTime=datetime.now(UTC).isoformat(),
-        run=ol.Run(runId=str(generate_new_uuid())),
+        run=ol.Run(runId=str(uuid.UUID(run_id) if run_id else generate_new_uuid())),
         job=ol.Job(namespace=NAMESPACE, name=f"{_application()}.{job}"),
         producer=PRODUCER,
         inputs=[ol.InputDataset(d.namespace, d.name) for d in inputs],
@@ -215,6 +220,7 @@ def _python_transport() -> dict:
 class Run:
     """One run of a job, its events merged: a run's inputs may come in one event only."""
 
+    run_id: str
     job: str
     producer: str
     inputs: set[Dataset] = field(default_factory=set)
@@ -241,9 +247,8 @@ def read_runs(events_folder: Path) -> tuple[list[Run], int]:
             except json.JSONDecodeError:
                 unreadable += 1
                 continue
-            run = runs.setdefault(
-                event["run"]["runId"], Run(event["job"]["name"], event["producer"])
-            )
+            run_id = event["run"]["runId"]
+            run = runs.setdefault(run_id, Run(run_id, event["job"]["name"], event["producer"]))
             run.inputs |= {Dataset(d["namespace"], d["name"]) for d in event.get("inputs", [])}
             run.outputs |= {Dataset(d["namespace"], d["name"]) for d in event.get("outputs", [])}
     return list(runs.values()), unreadable
@@ -284,6 +289,7 @@ class Lineage:
     writers: dict[str, set[str]]  # dataset -> the applications that wrote it
     runs: list[Run]
     unreadable: int = 0
+    training_runs: dict[str, str] = field(default_factory=dict)  # model version -> MLflow run
 
     @property
     def datasets(self) -> list[str]:
@@ -299,13 +305,17 @@ class Lineage:
         """A line per dataset that was written: what it was made from, and by whom."""
         lines = [
             f"{d} <- {', '.join(sorted(self.inputs[d])) or 'nothing recorded'}"
-            f" ({', '.join(sorted(self.writers[d]))})"
+            f" ({', '.join(sorted(self.writers[d]))}{self._trained_by(d, '; training run ')})"
             for d in self.datasets
             if d in self.inputs
         ]
         if self.unreadable:
             lines.append(f"{self.unreadable} event lines could not be read (a process cut short)")
         return "\n".join(lines)
+
+    def _trained_by(self, dataset: str, before: str, length: int = 32) -> str:
+        run = self.training_runs.get(dataset)
+        return f"{before}{run[:length]}" if run else ""
 
 
 def graph(lakehouse: Path | None = None, settings: Settings | None = None) -> Lineage:
@@ -314,6 +324,7 @@ def graph(lakehouse: Path | None = None, settings: Settings | None = None) -> Li
     runs, unreadable = read_runs((lakehouse or settings.lakehouse) / FOLDER)
     inputs: dict[str, set[str]] = defaultdict(set)
     writers: dict[str, set[str]] = defaultdict(set)
+    training_runs = {}
     for run in runs:
         read = {label(d, settings) for d in run.inputs} - {None}
         for output in {label(d, settings) for d in run.outputs} - {None}:
@@ -322,7 +333,9 @@ def graph(lakehouse: Path | None = None, settings: Settings | None = None) -> Li
             if read - {output} or not run.inputs:
                 inputs[output] |= read - {output}
                 writers[output].add(run.application)
-    return Lineage(dict(inputs), dict(writers), runs, unreadable)
+                if _kind(output) == "model":  # recorded with its MLflow run's id
+                    training_runs[output] = run.run_id.replace("-", "")
+    return Lineage(dict(inputs), dict(writers), runs, unreadable, training_runs)
 
 
 # -- drawing ---------------------------------------------------------------------------------
@@ -363,7 +376,7 @@ def draw(lineage: Lineage, ax) -> None:
         d: ax.text(
             depth,
             height[d],
-            textwrap.fill(d.replace("_", " "), 18),
+            textwrap.fill(d.replace("_", " "), 18) + lineage._trained_by(d, "\ntraining run ", 8),
             ha="center",
             va="center",
             fontsize=8,

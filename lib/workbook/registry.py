@@ -321,7 +321,8 @@ def register(run: TrainingRun):
     existing = find_version(run.fingerprint, mlflow_client)
     version = existing or _create_version(mlflow_client, run)
     inputs = [lineage.table(t) for t in _input_tables()]
-    lineage.record("register_model", inputs, [as_dataset(version.version)])
+    # The training run that made the version (a rerun finds the first one's version).
+    lineage.record("register_model", inputs, [as_dataset(version.version)], version.run_id)
     return version, existing is None
 
 

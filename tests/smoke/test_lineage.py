@@ -4,6 +4,8 @@ what it was made from, from OpenLineage's events (Spark's listener and the workb
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from lakehouse_rows import delta_tables
 
@@ -70,6 +72,7 @@ def test_spark_reports_the_jobs_it_runs(graph, settings):
 def test_each_edge_names_the_notebooks_that_wrote_it(graph):
     assert {"01_ingest", "06_monitor_retrain"} <= graph.writers[RAW]
     assert graph.writers[MODEL_V1] == {"03_train"}
+    assert re.fullmatch("[0-9a-f]{32}", graph.training_runs[MODEL_V1]), "the MLflow run's id"
     assert graph.writers[DECISIONS] == {"06_monitor_retrain"}
     assert graph.unreadable == 0
 
