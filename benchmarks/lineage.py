@@ -20,7 +20,7 @@ from benchmarks import common
 from workbook import local_postgres
 
 TARGET_OVERHEAD = 0.05
-LOOP_DAYS = 3
+LOOP_DAYS, DRIFT_FROM_DAY = 3, 1  # every stage of the daily step within the three days
 QUICK_ARGS = ("--rows", "50000", "--days", "14")
 
 
@@ -31,7 +31,15 @@ def one_run(folder: Path, with_lineage: bool, args: tuple[str, ...]) -> dict:
         env["OPENLINEAGE_DISABLED"] = "true"
     runs = folder / "runs"
     command = common.python_command(
-        "-m", "workbook.run", "--runs-dir", str(runs), "--loop-days", str(LOOP_DAYS), *args
+        "-m",
+        "workbook.run",
+        "--runs-dir",
+        str(runs),
+        "--loop-days",
+        str(LOOP_DAYS),
+        "--drift-from-day",
+        str(DRIFT_FROM_DAY),
+        *args,
     )
     try:
         with common.timed() as took:

@@ -163,10 +163,9 @@ def record(
 ) -> None:
     """One completed run of ``job`` that read ``inputs`` and wrote ``outputs``.
 
-    ``run_id``: the run's own id, when it has one (an MLflow run's: both are UUIDs).
-
     The job is named after the running application (the notebook's Spark session), as
-    Spark's own events are.
+    Spark's own events are. ``run_id``: the run's own id, when it has one (an MLflow run's:
+    both are UUIDs).
     """
     if disabled():
         return

@@ -163,6 +163,18 @@ def loop_days(spark: SparkSession, count: int) -> list[date]:
     return [first + timedelta(days=k) for k in range(count)]
 
 
+def drift_day(days: list[date], drift_from_day: int) -> date | None:
+    """The day of ``days`` the drift starts (``drift_from_day``: 1 for the first; 0: never)."""
+    if not drift_from_day:
+        return None
+    if not 1 <= drift_from_day <= len(days):
+        raise ValueError(
+            f"drift_from_day={drift_from_day}, but the loop runs {len(days)} days: choose a day "
+            f"from 1 to {len(days)} (--drift-from-day with make run), or 0 for no drift"
+        )
+    return days[drift_from_day - 1]
+
+
 STAGES = ("ingest", "features", "online", "scoring", "monitoring", "decision", "retraining")
 
 

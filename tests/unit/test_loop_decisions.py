@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import date, timedelta
 
 import pytest
 
@@ -105,3 +105,11 @@ def test_a_stage_resumes_from_the_report_the_stages_before_it_saved(spark):
     assert loop.resume(spark, day, SETTINGS, "ingest").report == loop.DayReport(day)
     with pytest.raises(ValueError, match="no stage 'scores'"):
         loop.run_stage(step, "scores")
+
+
+def test_the_drift_day_is_one_of_the_loops_days_or_a_clear_error():
+    days = [date(2025, 2, 1) + timedelta(days=k) for k in range(3)]
+    assert loop.drift_day(days, 0) is None
+    assert loop.drift_day(days, 3) == date(2025, 2, 3)
+    with pytest.raises(ValueError, match="the loop runs 3 days: choose a day from 1 to 3"):
+        loop.drift_day(days, 5)
