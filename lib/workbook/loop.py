@@ -175,6 +175,17 @@ def drift_day(days: list[date], drift_from_day: int) -> date | None:
     return days[drift_from_day - 1]
 
 
+def labelled_days(days: list[date], label_delay_days: int) -> list[date]:
+    """The days of ``days`` whose labels arrive within them (``label_delay_days`` later)."""
+    if len(days) <= label_delay_days:
+        raise ValueError(
+            f"{len(days)} loop days with labels {label_delay_days} days late: no day's labels "
+            "arrive within the loop, so no quality can be measured. Run more days than the "
+            "delay (--loop-days and --label-delay with make run)."
+        )
+    return days[: len(days) - label_delay_days]
+
+
 STAGES = ("ingest", "features", "online", "scoring", "monitoring", "decision", "retraining")
 
 

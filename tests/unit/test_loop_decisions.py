@@ -113,3 +113,10 @@ def test_the_drift_day_is_one_of_the_loops_days_or_a_clear_error():
     assert loop.drift_day(days, 3) == date(2025, 2, 3)
     with pytest.raises(ValueError, match="the loop runs 3 days: choose a day from 1 to 3"):
         loop.drift_day(days, 5)
+
+
+def test_the_labelled_days_are_those_whose_labels_arrive_in_the_loop_or_a_clear_error():
+    days = [date(2025, 2, 1) + timedelta(days=k) for k in range(3)]
+    assert loop.labelled_days(days, 1) == days[:2]
+    with pytest.raises(ValueError, match="3 loop days with labels 3 days late"):
+        loop.labelled_days(days, 3)
