@@ -310,6 +310,9 @@ class Lineage:
         ]
         if self.unreadable:
             lines.append(f"{self.unreadable} event lines could not be read (a process cut short)")
+        if not lines:
+            off = " (OPENLINEAGE_DISABLED=true)" if disabled() else ""
+            lines.append(f"No lineage recorded{off}: run the notebooks with lineage on.")
         return "\n".join(lines)
 
     def _trained_by(self, dataset: str, before: str, length: int = 32) -> str:
@@ -356,6 +359,10 @@ def draw(lineage: Lineage, ax) -> None:
     Within a column, a dataset sits level with the mean height of its inputs, and a source
     with that of what was made from it (fewer crossing arrows).
     """
+    ax.axis("off")
+    if not lineage.datasets:
+        ax.text(0.5, 0.5, "no lineage recorded", ha="center", transform=ax.transAxes)
+        return
     columns: dict[int, list[str]] = defaultdict(list)
     for dataset in lineage.datasets:
         columns[lineage.depth(dataset)].append(dataset)
@@ -399,7 +406,6 @@ def draw(lineage: Lineage, ax) -> None:
     half = max(len(c) for c in columns.values()) / 2
     ax.set_xlim(-0.5, max(columns) + 0.5)
     ax.set_ylim(-half, half)
-    ax.axis("off")
 
 
 def main() -> None:

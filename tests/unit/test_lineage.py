@@ -75,6 +75,7 @@ def test_disabled_means_no_listener_and_no_events(lakehouse, monkeypatch):
     assert lineage.spark_conf(get_settings(), "app") == {}
     lineage.record("job", [lineage.GROUND_TRUTH], [lineage.table(names.LABELS_TABLE)])
     assert not (lakehouse / "_lineage").exists()
+    assert "No lineage recorded (OPENLINEAGE_DISABLED=true)" in lineage.graph().describe()
 
 
 def test_datasets_are_named_as_spark_names_them_and_labelled_for_the_graph(lakehouse):
