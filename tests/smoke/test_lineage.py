@@ -73,7 +73,7 @@ def test_each_edge_names_the_notebooks_that_wrote_it(graph):
     assert {"01_ingest", "06_monitor_retrain"} <= graph.writers[RAW]
     assert graph.writers[MODEL_V1] == {"03_train"}
     assert re.fullmatch("[0-9a-f]{32}", graph.training_runs[MODEL_V1]), "the MLflow run's id"
-    assert graph.writers[DECISIONS] == {"06_monitor_retrain"}
+    assert "06_monitor_retrain" in graph.writers[DECISIONS]
     assert graph.unreadable == 0
 
 
