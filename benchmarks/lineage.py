@@ -16,7 +16,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from benchmarks import common
+from benchmarks import common, workbook
 from workbook import local_postgres
 
 TARGET_OVERHEAD = 0.10  # as for tracking (03) and the service's metrics and traces
@@ -27,7 +27,9 @@ QUICK_ARGS = ("--rows", "50000", "--days", "14")
 
 def one_run(folder: Path, with_lineage: bool, args: tuple[str, ...]) -> dict:
     lake = folder / "lakehouse"
-    env = os.environ | {"WORKBOOK_LAKEHOUSE": str(lake), "WORKBOOK_PROFILE": "local"}
+    # The workbook's own settings, not those of the benchmark's Spark session.
+    env = {k: v for k, v in os.environ.items() if k not in workbook.SESSION_VARIABLES}
+    env.update(WORKBOOK_LAKEHOUSE=str(lake), WORKBOOK_PROFILE="local")
     if not with_lineage:
         env["OPENLINEAGE_DISABLED"] = "true"
     runs = folder / "runs"

@@ -304,7 +304,7 @@ class Lineage:
         """A line per dataset that was written: what it was made from, and by whom."""
         lines = [
             f"{d} <- {', '.join(sorted(self.inputs[d])) or 'nothing recorded'}"
-            f" ({', '.join(sorted(self.writers[d]))}{self._trained_by(d, '; training run ')})"
+            f" ({', '.join(sorted(self.writers[d]))}{self.trained_by(d, '; training run ')})"
             for d in self.datasets
             if d in self.inputs
         ]
@@ -315,7 +315,8 @@ class Lineage:
             lines.append(f"No lineage recorded{off}: run the notebooks with lineage on.")
         return "\n".join(lines)
 
-    def _trained_by(self, dataset: str, before: str, length: int = 32) -> str:
+    def trained_by(self, dataset: str, before: str, length: int = 32) -> str:
+        """``before`` and the id of the training run that made a model version, else ""."""
         run = self.training_runs.get(dataset)
         return f"{before}{run[:length]}" if run else ""
 
@@ -382,7 +383,7 @@ def draw(lineage: Lineage, ax) -> None:
         d: ax.text(
             depth,
             height[d],
-            textwrap.fill(d.replace("_", " "), 18) + lineage._trained_by(d, "\ntraining run ", 8),
+            textwrap.fill(d.replace("_", " "), 18) + lineage.trained_by(d, "\ntraining run ", 8),
             ha="center",
             va="center",
             fontsize=8,
@@ -391,10 +392,9 @@ def draw(lineage: Lineage, ax) -> None:
         for depth, column in columns.items()
         for d in column
     }
+    # Each arrow from the right edge of the source's box to the left edge of the target's.
     for target, sources in lineage.inputs.items():
-        for (
-            source
-        ) in sources:  # from the right edge of the source's box to the left of the target's
+        for source in sources:
             ax.annotate(
                 "",
                 xy=(0, 0.5),
