@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Stops the native stack started by up.sh, whatever state each service is in.
-# Data in .stack/data is kept; --purge deletes it (buckets, database, topics, Spark work).
+# Data in .stack/data is kept but the Spark executors' scratch folders; --purge deletes it
+# all (buckets, database, topics).
 set -euo pipefail
 # shellcheck source=stack/native/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -17,6 +18,8 @@ stop_pid prometheus
 stop_pid mlflow
 stop_pid spark-worker
 stop_pid spark-master
+# The executors' folders are scratch: the jars they fetched and their logs.
+rm -rf "$DATA"/spark/app-*
 stop_pid kafka
 
 # PostgreSQL: a fast shutdown through pg_ctl (it finds the server from its data folder),

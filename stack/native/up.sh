@@ -265,8 +265,11 @@ start_spark() {
   host="${rest%:*}" port="${rest##*:}" ui="http://$host:$SPARK_MASTER_WEBUI_PORT"
   spark_home="$("$PY" -c 'import os, pyspark; print(os.path.dirname(pyspark.__file__))')"
   mkdir -p "$DATA/spark"
-  # Removes the folders of finished applications from the worker's work dir.
-  printf '%s\n' "spark.worker.cleanup.enabled true" >"$CONF/spark.conf"
+  # Each application's executor gets its own copy of the packages' jars in the worker's
+  # work dir (750 MB, most of it the AWS SDK): folders of finished applications go a
+  # minute after they end, not after Spark's default of seven days.
+  printf '%s\n' "spark.worker.cleanup.enabled true" "spark.worker.cleanup.interval 60" \
+    "spark.worker.cleanup.appDataTtl 60" >"$CONF/spark.conf"
   # SPARK_LOCAL_IP also binds the web UIs to loopback. The properties file puts a path
   # under .stack on the command line, which is how running_pid recognises these processes.
   local run=(env SPARK_HOME="$spark_home" SPARK_LOCAL_IP="$host" PYSPARK_PYTHON="$PY"
