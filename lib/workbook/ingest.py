@@ -312,10 +312,11 @@ def ingest_events(spark: SparkSession, max_files_per_trigger: int | None = None)
 
 
 def write_labels(spark: SparkSession, labels, path: str) -> None:
-    """Merge ground-truth labels (a pandas frame) into the labels table."""
+    """Merge ground-truth labels (a pandas or Spark frame) into the labels table."""
     ensure_table(spark, path, LABELS_SCHEMA)
-    rows = spark.createDataFrame(labels.astype({names.LABEL: "int32"}), LABELS_SCHEMA)
-    merge_new_rows(spark, path, rows, [names.TRANSACTION_ID])
+    if not isinstance(labels, DataFrame):
+        labels = spark.createDataFrame(labels.astype({names.LABEL: "int32"}), LABELS_SCHEMA)
+    merge_new_rows(spark, path, labels, [names.TRANSACTION_ID])
     lineage.record("receive_labels", [lineage.GROUND_TRUTH], [lineage.at(path)])
 
 

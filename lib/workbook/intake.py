@@ -124,21 +124,27 @@ def client_log(name: str) -> logging.Logger:
     return logger
 
 
-def producer():
-    """An idempotent Kafka producer for the profile's broker (settings from ``.env``)."""
+def producer(bootstrap_servers: str | None = None):
+    """An idempotent Kafka producer for the profile's broker (settings from ``.env``), or
+    for ``bootstrap_servers`` (on Spark's executors, which have no settings of their own)."""
     from confluent_kafka import Producer
 
-    services.require("kafka")
+    if bootstrap_servers is None:
+        services.require("kafka")
+        bootstrap_servers = get_settings().kafka_bootstrap_servers
+        log = client_log("kafka-producer")
+    else:
+        log = logging.getLogger("workbook.kafka-producer")  # to the executor's own log
     return Producer(
         {
-            "bootstrap.servers": get_settings().kafka_bootstrap_servers,
+            "bootstrap.servers": bootstrap_servers,
             "enable.idempotence": True,  # broker-side dedup of the producer's own retries
             "linger.ms": 20,
             "compression.type": "lz4",
             "message.timeout.ms": 60_000,
             # librdkafka's own notices (e.g. a broker still starting) go to a log file;
             # delivery failures are raised by ``produce``.
-            "logger": client_log("kafka-producer"),
+            "logger": log,
         }
     )
 

@@ -274,10 +274,7 @@ def _new_pattern(config: SimulationConfig, accounts: Accounts, day_index: int, n
 def simulate(config: SimulationConfig) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All valid transactions of the configured range, and their labels."""
     accounts = make_accounts(config)
-    days = [
-        simulate_day(config, accounts, config.first_day + i, n)
-        for i, n in enumerate(_daily_counts(config))
-    ]
+    days = [simulate_day(config, accounts, day_index, n) for day_index, n in day_plan(config)]
     frame = pd.concat(days, ignore_index=True)
     return split_labels(frame)
 
@@ -304,18 +301,24 @@ def malformed_events(
     return events
 
 
+def day_plan(config: SimulationConfig) -> list[tuple[int, int]]:
+    """(day index, valid transactions before fraud) for each day of the range."""
+    return [(config.first_day + i, n) for i, n in enumerate(_daily_counts(config))]
+
+
 def event_lines(config: SimulationConfig):
     """Per day: (day, JSON lines as they arrive, number of valid events, malformed kinds)."""
     accounts = make_accounts(config)
-    for i, n in enumerate(_daily_counts(config)):
-        day_index = config.first_day + i
-        valid, _ = split_labels(simulate_day(config, accounts, day_index, n))
-        malformed = malformed_events(config, valid, day_index)
-        lines = [json.dumps(r) for r in valid.to_dict("records")] + [line for _, line in malformed]
-        order = np.random.default_rng([config.seed, 20_000 + day_index]).permutation(len(lines))
-        yield (
-            config.day(day_index),
-            [lines[j] for j in order],
-            len(valid),
-            [k for k, _ in malformed],
-        )
+    for day_index, n in day_plan(config):
+        lines, n_valid, kinds = day_events(config, accounts, day_index, n)
+        yield config.day(day_index), lines, n_valid, kinds
+
+
+def day_events(config: SimulationConfig, accounts: Accounts, day_index: int, n_normal: int):
+    """One day's JSON lines in the order they arrive, its number of valid events, and the
+    malformed kinds among them."""
+    valid, _ = split_labels(simulate_day(config, accounts, day_index, n_normal))
+    malformed = malformed_events(config, valid, day_index)
+    lines = [json.dumps(r) for r in valid.to_dict("records")] + [line for _, line in malformed]
+    order = np.random.default_rng([config.seed, 20_000 + day_index]).permutation(len(lines))
+    return [lines[j] for j in order], len(valid), [k for k, _ in malformed]

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import json
 from datetime import date
-from functools import partial
+from functools import lru_cache, partial
 from pathlib import Path
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from tqdm import tqdm  # plain text bars: no widget dependency in headless kernels
 
-from workbook import intake, lakehouse, lineage, names, services, simulator
+from workbook import intake, lakehouse, lineage, names, services, simulator, spark_simulator
 from workbook.config import get_settings
+
+# A backlog (a large simulation, or days of traffic) is ingested in micro-batches of about
+# two million events, so that ingestion's memory and its spills do not grow with the backlog.
+BATCH_EVENTS = 2_000_000
+BATCH_BYTES = BATCH_EVENTS * 256  # a simulated event's JSON line is about 250 bytes
 
 
 def publish(
@@ -24,9 +29,24 @@ def publish(
 ) -> dict[str, int]:
     """Send each simulated day's events to the profile's source; a day sent before is skipped.
 
+    Over several days, each day is made and sent by one of Spark's executors
+    (``spark_simulator``), in parallel, and nothing passes through the driver; a single day
+    (the loop's) is made on the driver, which saves starting Python on the executors.
     Returns how many days, valid events and malformed events the simulation holds.
     """
-    return _send_days(config, _sender(spark), progress)
+    if config.days == 1:
+        return _send_days(config, _sender(spark), progress)
+    stack = get_settings().profile == "stack"
+    days = [config.day(day_index) for day_index, _ in simulator.day_plan(config)]
+    marked = {day for day in days if _is_marked(spark, day)} if stack else set()
+    per_day = spark_simulator.send_days(spark, config, _executor_sender(), marked, progress)
+    for row in per_day[per_day["sent"]].itertuples() if stack else ():
+        _mark(spark, row.day, row.valid_events + row.malformed_events)
+    return {
+        "days": len(per_day),
+        "valid_events": int(per_day["valid_events"].sum()),
+        "malformed_events": int(per_day["malformed_events"].sum()),
+    }
 
 
 def send_day(spark: SparkSession, day: date, lines: list[str]) -> None:
@@ -35,9 +55,19 @@ def send_day(spark: SparkSession, day: date, lines: list[str]) -> None:
 
 
 def _sender(spark: SparkSession):
-    """``send(day, lines)`` for the profile's source."""
+    """``send(day, lines)`` for the profile's source, on the driver."""
     if get_settings().profile == "stack":
         return _kafka_sender(spark)
+    return partial(_land_file, Path(lakehouse.location(names.LANDING_ZONE)))
+
+
+def _executor_sender():
+    """``send(day, lines)`` for the profile's source, as Spark's executors call it: with no
+    session, and the settings taken on the driver."""
+    settings = get_settings()
+    if settings.profile == "stack":
+        services.require("kafka")
+        return partial(_produce_day, settings.kafka_bootstrap_servers)
     return partial(_land_file, Path(lakehouse.location(names.LANDING_ZONE)))
 
 
@@ -87,10 +117,13 @@ def _land_file(landing: Path, day: date, lines: list[str]) -> None:
 def landed_files_stream(
     spark: SparkSession, landing: str, max_files_per_trigger: int | None = None
 ) -> DataFrame:
-    """Landed JSON-lines files as a stream of text events, one per line."""
+    """Landed JSON-lines files as a stream of text events, one per line; a backlog is read in
+    micro-batches of at most ``BATCH_BYTES`` (or ``max_files_per_trigger`` files)."""
     reader = spark.readStream.format("text").option("pathGlobFilter", "*.jsonl")
     if max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+    else:
+        reader = reader.option("maxBytesPerTrigger", BATCH_BYTES)
     return reader.load(landing)
 
 
@@ -102,16 +135,36 @@ def _kafka_sender(spark: SparkSession):
     the copies as duplicate transaction ids: nothing is lost, nothing lands twice in raw.
     """
     producer = intake.producer()
-    marks = lakehouse.location(names.LANDING_ZONE)
 
     def send(day: date, lines: list[str]) -> None:
-        mark = f"{marks}/{day.isoformat()}.published"
-        if lakehouse.exists(spark, mark):
+        if _is_marked(spark, day):
             return
         intake.produce(producer, lines, what=f" of {day}")
-        lakehouse.write_text(spark, mark, json.dumps({"events": len(lines)}))
+        _mark(spark, day, len(lines))
 
     return send
+
+
+def _produce_day(bootstrap_servers: str, day: date, lines: list[str]) -> None:
+    intake.produce(_producer(bootstrap_servers), lines, what=f" of {day}")
+
+
+@lru_cache(maxsize=1)
+def _producer(bootstrap_servers: str):
+    """One producer per Python process: an executor's worker sends many days."""
+    return intake.producer(bootstrap_servers)
+
+
+def _mark_path(day: date) -> str:
+    return f"{lakehouse.location(names.LANDING_ZONE)}/{day.isoformat()}.published"
+
+
+def _is_marked(spark: SparkSession, day: date) -> bool:
+    return lakehouse.exists(spark, _mark_path(day))
+
+
+def _mark(spark: SparkSession, day: date, events: int) -> None:
+    lakehouse.write_text(spark, _mark_path(day), json.dumps({"events": int(events)}))
 
 
 def kafka_stream(spark: SparkSession) -> DataFrame:
@@ -122,6 +175,7 @@ def kafka_stream(spark: SparkSession) -> DataFrame:
         .option("kafka.bootstrap.servers", get_settings().kafka_bootstrap_servers)
         .option("subscribe", names.TRANSACTIONS_TOPIC)
         .option("startingOffsets", "earliest")
+        .option("maxOffsetsPerTrigger", BATCH_EVENTS)
         .load()
         .select(F.col(names.VALUE).cast("string").alias(names.VALUE))
     )
