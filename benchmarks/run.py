@@ -3,6 +3,7 @@
     python -m benchmarks.run                      # everything, full size (about 20 minutes)
     python -m benchmarks.run --quick              # a small smoke run, into results/quick/
     python -m benchmarks.run --only lookup,stream # some of them; the others' last figures stay
+    python -m benchmarks.run --only scale         # the workbook at 0.2M, 2M and 20M rows
 
 Order: the workbook first (its fresh lakehouse serves the lookup and stream benchmarks), then
 lookups, streaming and feature engineering, which share one Spark session.
@@ -21,7 +22,7 @@ if __package__ in (None, ""):  # run as a path: python benchmarks/run.py
 
 from benchmarks import common  # noqa: E402
 
-BENCHMARKS = ("workbook", "lookup", "stream", "registry", "lineage", "intake", "features")
+BENCHMARKS = ("workbook", "lookup", "stream", "registry", "lineage", "intake", "features", "scale")
 HEADLINE_KEYS = (
     "features_rows_per_s",
     "features_ratio_vs_reference",
@@ -42,6 +43,8 @@ HEADLINE_KEYS = (
     "intake_events_per_s",
     "intake_to_raw_events_per_s",
     "intake_to_topic_events_per_s",
+    "scale_slope_largest",
+    "scale_peak_rss_mb",
 )
 # (key, sense, limit) of the targets on the 2-core reference machine.
 TARGETS = (
@@ -58,6 +61,8 @@ TARGETS = (
     ("tracking_overhead_share", "<=", 0.10),
     ("champion_load_s", "<=", 2.0),
     ("lineage_overhead_share", "<=", 0.10),
+    ("scale_slope_largest", "<=", 1.0),
+    ("scale_peak_rss_mb", "<=", 6144),
 )
 FULL_SIZES = (1_000_000, 10_000_000)
 QUICK_SIZES = (100_000,)
@@ -66,9 +71,14 @@ QUICK_SIZES = (100_000,)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
     parser.add_argument(
-        "--only", default=",".join(BENCHMARKS), help=f"comma-separated: {','.join(BENCHMARKS)}"
+        "--only",
+        default=",".join(b for b in BENCHMARKS if b != "scale"),
+        help=f"comma-separated: {','.join(BENCHMARKS)} (all but scale, which runs for hours)",
     )
     parser.add_argument("--sizes", help="transactions for the features benchmark, e.g. 1000000")
+    parser.add_argument(
+        "--scale-sizes", help="transactions for the scale curve (default 200000,2000000,20000000)"
+    )
     parser.add_argument("--quick", action="store_true", help="small sizes and short series")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs per engine and size")
     parser.add_argument("--trigger", default="1 second", help="the stream's processing time")
@@ -88,6 +98,11 @@ def parse_args(argv=None):
         parser.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     sizes = args.sizes or ",".join(map(str, QUICK_SIZES if args.quick else FULL_SIZES))
     args.sizes = [int(s.replace("_", "")) for s in sizes.split(",")]
+    from benchmarks import scale
+
+    default = scale.QUICK_SIZES if args.quick else scale.SIZES
+    scale_sizes = args.scale_sizes or ",".join(map(str, default))
+    args.scale_sizes = [int(s.replace("_", "")) for s in scale_sizes.split(",")]
     args.out = args.out or common.RESULTS_DIR / ("quick" if args.quick else "")
     return args
 
@@ -165,11 +180,15 @@ def main(argv=None) -> int:
                 from benchmarks import lineage
 
                 section = lineage.run(**({"rounds": 1, "quick": True} if args.quick else {}))
+            elif name == "scale":
+                from benchmarks import scale
+
+                section = scale.run(args.scale_sizes)
             elif name == "intake":
                 from benchmarks import intake
 
                 section = intake.run(session(), **({"n": 5_000} if args.quick else {}))
-            else:
+            elif name == "features":
                 from benchmarks import features
 
                 section = features.run(session(), args.sizes, args.repeats)
@@ -210,7 +229,7 @@ def draw_plots(details: dict, out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
-    from benchmarks import features, intake, lineage, lookup, registry, stream, workbook
+    from benchmarks import features, intake, lineage, lookup, registry, scale, stream, workbook
 
     modules = {
         "features": features,
@@ -220,6 +239,7 @@ def draw_plots(details: dict, out: Path) -> None:
         "registry": registry,
         "lineage": lineage,
         "workbook": workbook,
+        "scale": scale,
     }
     for name, section in details.items():
         modules[name].plot(section, out / f"{name}.png")

@@ -58,3 +58,12 @@ def test_percentiles():
     assert figures["p50_ms"] == pytest.approx(50.5)
     assert figures["p99_ms"] == pytest.approx(99.01)
     assert figures["n"] == 100
+
+
+def test_scale_slope_is_one_for_linear_growth_and_less_with_fixed_costs():
+    from benchmarks import scale
+
+    linear = [{"rows": 2_000_000, "wall_s": 100.0}, {"rows": 20_000_000, "wall_s": 1000.0}]
+    assert scale.slope(*linear) == pytest.approx(1.0)
+    fixed = [{"rows": 2_000_000, "wall_s": 60 + 40.0}, {"rows": 20_000_000, "wall_s": 60 + 400.0}]
+    assert scale.slope(*fixed) == pytest.approx(0.66, abs=0.01)
