@@ -32,6 +32,7 @@ from workbook.spark import local_frame
 
 SHARE_FLOOR = 1e-4
 BINS = 10
+QUANTILE_ROWS = 500_000  # a reference's edges come from at most about this many rows
 PSI_STABLE, PSI_SIGNIFICANT = 0.1, 0.25
 MISSING_BIN = "missing"
 PSI_PREFIX = "psi:"  # a drift metric's name: psi:<column>
@@ -80,7 +81,10 @@ def reference(frame: DataFrame, numeric, categorical=(), bins: int = BINS) -> Re
     probabilities = [k / bins for k in range(1, bins)]
     # Exact (relative error 0): an approximate quantile depends on how the rows are
     # partitioned, and the same rows must give the same edges wherever they are binned.
-    quantiles = frame.approxQuantile(list(numeric), probabilities, 0.0) if numeric else []
+    # Exact quantiles keep every value in the driver's memory, so beyond QUANTILE_ROWS they
+    # come from a sample that depends on the rows alone (a hash of each row's values).
+    sample = _quantile_sample(frame) if numeric else frame
+    quantiles = sample.approxQuantile(list(numeric), probabilities, 0.0) if numeric else []
     edges = {c: sorted(set(q)) for c, q in zip(numeric, quantiles, strict=True)}
     empty = Reference(edges, categorical, {})
     counts = _bin_counts(_binned(frame.withColumn(names.MONITORED_DAY, F.lit(None)), empty))
@@ -90,6 +94,15 @@ def reference(frame: DataFrame, numeric, categorical=(), bins: int = BINS) -> Re
         totals[row["column"]] = totals.get(row["column"], 0) + row["count"]
     shares = {(r["column"], r["bin"]): r["count"] / totals[r["column"]] for r in rows}
     return Reference(edges, categorical, shares)
+
+
+def _quantile_sample(frame: DataFrame) -> DataFrame:
+    """About ``QUANTILE_ROWS`` of ``frame``'s rows, chosen by a hash of their values, or all."""
+    rows = frame.count()
+    if rows <= QUANTILE_ROWS:
+        return frame
+    every = math.ceil(rows / QUANTILE_ROWS)
+    return frame.filter(F.pmod(F.xxhash64(*[F.col(c) for c in frame.columns]), F.lit(every)) == 0)
 
 
 def _bin_of(column: str, edges: list[float]):

@@ -8,7 +8,6 @@ negative tests can show that a wrong port, a literal secret or a floating tag is
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil

@@ -139,3 +139,18 @@ def test_a_reference_is_kept_as_json(spark, samples):
     reference_df = spark.createDataFrame(pd.DataFrame({"x": samples["reference"], "k": "a"}))
     ref = monitoring.reference(reference_df, ["x"], ["k"])
     assert monitoring.Reference.from_json(ref.to_json()) == ref
+
+
+def test_a_large_reference_takes_its_edges_from_a_sample_of_the_rows_alone(
+    spark, samples, monkeypatch
+):
+    monkeypatch.setattr(monitoring, "QUANTILE_ROWS", 1000)
+    values = pd.DataFrame({"x": samples["reference"]})
+    one, many = (
+        spark.createDataFrame(values).repartition(n, "x").sortWithinPartitions("x") for n in (1, 7)
+    )
+    edges = [monitoring.reference(f, ["x"]).edges["x"] for f in (one, many)]
+    assert edges[0] == edges[1]  # the same rows, partitioned otherwise: the same edges
+    exact = np.quantile(samples["reference"], np.arange(1, 10) / 10)
+    assert not np.allclose(edges[0], exact, atol=1e-9)  # a sample, not every row
+    assert np.allclose(edges[0], exact, atol=0.15)  # of the same distribution
