@@ -1,9 +1,10 @@
 """The workbook at growing sizes: wall time per notebook and peak memory, on a log-log curve.
 
-Each size is one ``python -m workbook.run --rows N --loop-days 3`` into a fresh lakehouse
-(06 runs three days: its steps grow with a day's volume, not with the period's). The slope of
-log(wall time) against log(rows) between two sizes says how time grows: 1 is linear, under 1
-is what fixed costs (JVM start, per-job and per-batch overheads) and parallelism give.
+Each size is one ``python -m workbook.run --rows N --loop-days 3 ...`` into a fresh
+lakehouse (06 runs three days: its steps grow with a day's volume, not with the period's).
+The slope of log(wall time) against log(rows) between two sizes says how time grows: 1 is
+linear, under 1 is what fixed costs (JVM start, per-job and per-batch overheads) and
+parallelism give.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ from benchmarks import common, workbook
 
 SIZES = (200_000, 2_000_000, 20_000_000)
 QUICK_SIZES = (20_000, 200_000)
-LOOP_DAYS = 3
+# 06 for three days, the drift from its first and labels a day late, as the lineage benchmark.
+LOOP_ARGS = ("--loop-days", "3", "--drift-from-day", "1", "--label-delay", "1")
 TARGET_PEAK_MB = 6144  # at every size
 TARGET_SLOPE = 1.0  # wall time, between the two largest sizes
 
@@ -30,9 +32,7 @@ def run(sizes=SIZES) -> dict:
     points = []
     for rows in sorted(sizes):
         common.progress(f"scale: {rows:,} transactions")
-        wall_s, run_dir = workbook.run_workbook(
-            ("--rows", str(rows), "--loop-days", str(LOOP_DAYS))
-        )
+        wall_s, run_dir = workbook.run_workbook(("--rows", str(rows), *LOOP_ARGS))
         summary = json.loads((run_dir / "summary.json").read_text())
         notebooks = {k: v for k, v in summary["wall_seconds"].items() if k != "total"}
         point = {
@@ -64,7 +64,7 @@ def run(sizes=SIZES) -> dict:
         "points": points,
         "slopes": slopes,
         "conditions": {
-            "command": f"python -m workbook.run --rows N --loop-days {LOOP_DAYS}, one per size",
+            "command": f"python -m workbook.run --rows N {' '.join(LOOP_ARGS)}, one per size",
             "lakehouse": "fresh for each size",
             "wall": "the whole command, interpreter start to exit",
             "peak_rss": "runs/latest/summary.json: the runner, kernel, JVM, PostgreSQL, service",

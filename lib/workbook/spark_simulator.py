@@ -49,8 +49,8 @@ ROWS_PER_BATCH = 100_000  # what a task hands Spark at a time: its memory stays 
 
 
 def transactions(spark: SparkSession, config: SimulationConfig) -> DataFrame:
-    """The valid transactions of ``config`` with their ``label``: a partition per day, in the
-    pandas simulator's order. Lazy: each action makes the days again (they are the same)."""
+    """The valid transactions of ``config`` with their ``label``, in the pandas simulator's
+    order. Lazy: each action makes the days again (they are the same)."""
 
     def make(batches):
         for day_index, n in _each_day(config, batches):
@@ -84,15 +84,19 @@ def send_days(
             row = {"day": day, "valid_events": n_valid, "malformed_events": len(kinds)}
             yield pd.DataFrame([{**row, "sent": day not in skip}])
 
-    days = _days(spark, config).mapInPandas(make_and_send, SENT_SCHEMA)
-    rows = _collect_with_progress(spark, days, config.days, "days published", progress)
+    days = _days(spark, config)
+    sent = days.mapInPandas(make_and_send, SENT_SCHEMA)
+    tasks, desc = days.rdd.getNumPartitions(), f"{config.days} days published"
+    rows = _collect_with_progress(spark, sent, tasks, desc, progress)
     return pd.DataFrame(rows, columns=SENT_SCHEMA.fieldNames()).sort_values("day")
 
 
 def _days(spark: SparkSession, config: SimulationConfig) -> DataFrame:
-    """The range's day indexes, a partition each: each day is a task of its own."""
-    first = config.first_day
-    return spark.range(first, first + config.days, numPartitions=config.days)
+    """The range's day indexes, consecutive days to a partition, as many partitions as Spark's
+    default parallelism: a task costs about a tenth of a second beyond its days, which is
+    more than a small day takes to make."""
+    first, partitions = config.first_day, min(config.days, spark.sparkContext.defaultParallelism)
+    return spark.range(first, first + config.days, numPartitions=partitions)
 
 
 def _each_day(config: SimulationConfig, batches):
@@ -127,7 +131,7 @@ def _collect_with_progress(
             outcome["error"] = error
 
     worker = InheritableThread(target=collect, daemon=True)
-    with tqdm(total=tasks, desc=desc, unit="day", mininterval=1, disable=not show) as bar:
+    with tqdm(total=tasks, desc=desc, unit="task", mininterval=1, disable=not show) as bar:
         worker.start()
         while worker.is_alive():
             worker.join(0.5)
