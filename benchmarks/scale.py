@@ -55,7 +55,8 @@ def run(sizes=SIZES) -> dict:
         for a, b in zip(points, points[1:], strict=False)
     ]
     for s in slopes:
-        common.show(f"scale slope {s['from']:,} -> {s['to']:,}", s["wall"], "", ("<=", TARGET_SLOPE))
+        label = f"scale slope {s['from']:,} -> {s['to']:,}"
+        common.show(label, s["wall"], "", ("<=", TARGET_SLOPE))
     return {
         "headline": {
             "scale_slope_largest": slopes[-1]["wall"] if slopes else None,
