@@ -2,9 +2,9 @@
 
 Every day is generated from ``(seed, day)`` by ``simulator``'s own functions, so a day made
 here is the pandas simulator's day row for row; only where it runs differs. A task makes
-one day and sends its events itself (``sources`` says where: the landing zone locally, the
-Kafka topic on the stack). The driver sees one summary row per day, so neither it nor the
-notebook's kernel holds the transactions, at any size.
+a few consecutive days and sends their events itself (``sources`` says where: the landing
+zone locally, the Kafka topic on the stack). The driver sees one summary row per day, so
+neither it nor the notebook's kernel holds the transactions, at any size.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from tqdm import tqdm
 
-from workbook import contract, names, simulator
+from workbook import names, simulator
 from workbook.simulator import SimulationConfig
 
 TRANSACTIONS_SCHEMA = T.StructType(
@@ -36,7 +36,6 @@ TRANSACTIONS_SCHEMA = T.StructType(
         T.StructField(names.LABEL, T.IntegerType(), False),
     ]
 )
-assert TRANSACTIONS_SCHEMA.fieldNames()[:-1] == list(contract.EVENT_FIELDS)
 SENT_SCHEMA = T.StructType(
     [
         T.StructField("day", T.DateType(), False),
@@ -118,6 +117,7 @@ def _collect_with_progress(
 ):
     """``frame.collect()``, with a bar of the tasks Spark has completed meanwhile."""
     from pyspark import InheritableThread
+    from pyspark.errors import PythonException
 
     context = spark.sparkContext
     group = f"{desc}-{time.monotonic_ns()}"
@@ -137,8 +137,12 @@ def _collect_with_progress(
             worker.join(0.5)
             bar.update(min(tasks, _completed_tasks(context, group)) - bar.n)
         bar.update(tasks - bar.n if "rows" in outcome else 0)
-    if "error" in outcome:
-        raise outcome["error"]
+    error = outcome.get("error")
+    if isinstance(error, PythonException):  # an executor's: its traceback's last line says why
+        why = [line.strip() for line in str(error).splitlines() if line.strip()][-1]
+        raise RuntimeError(f"{desc}: a task failed: {why}") from error
+    if error is not None:
+        raise error
     return outcome["rows"]
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from functools import partial
 
 import pandas as pd
+import pytest
 
-from workbook import names, simulator, sources, spark_simulator
+from workbook import contract, names, simulator, sources, spark_simulator
 from workbook.simulator import DriftScenario, SimulationConfig
 
 # Days after the start, with drift from the third: every branch of a day's generation.
@@ -21,6 +22,11 @@ def test_executors_make_the_pandas_days_row_for_row(spark):
     transactions, labels = simulator.simulate(CONFIG)
     expected = transactions.assign(**{names.LABEL: labels[names.LABEL].astype("int32")})
     pd.testing.assert_frame_equal(made.toPandas(), expected)
+
+
+def test_the_transactions_are_the_contracts_fields_and_the_label():
+    fields = spark_simulator.TRANSACTIONS_SCHEMA.fieldNames()
+    assert fields == [*contract.EVENT_FIELDS, names.LABEL]
 
 
 def test_executors_send_the_same_lines_and_skip_what_was_sent(spark, tmp_path):
@@ -40,13 +46,9 @@ def test_executors_send_the_same_lines_and_skip_what_was_sent(spark, tmp_path):
         assert (landing / name).read_bytes() == (expected / name).read_bytes()
 
 
-def test_a_failing_day_raises_on_the_driver(spark, tmp_path):
+def test_a_failing_day_raises_on_the_driver_with_its_reason(spark, tmp_path):
     def send(day, lines):
         raise OSError(f"no room for {day}")
 
-    try:
+    with pytest.raises(RuntimeError, match=r"days published: a task failed: OSError: no room"):
         spark_simulator.send_days(spark, CONFIG, send, progress=False)
-    except Exception as error:  # Spark wraps the executor's error
-        assert "no room for" in str(error)
-    else:
-        raise AssertionError("a day that could not be sent went unnoticed")
