@@ -73,7 +73,7 @@ def parse_args(argv=None):
     parser.add_argument(
         "--only",
         default=",".join(b for b in BENCHMARKS if b != "scale"),
-        help=f"comma-separated: {','.join(BENCHMARKS)} (all but scale, which runs the workbook at 20M rows)",
+        help=f"comma-separated: {','.join(BENCHMARKS)} (all but scale: 20M rows)",
     )
     parser.add_argument("--sizes", help="transactions for the features benchmark, e.g. 1000000")
     parser.add_argument(
