@@ -58,12 +58,12 @@ def _sender(spark: SparkSession):
     """``send(day, lines)`` for the profile's source, on the driver."""
     if get_settings().profile == "stack":
         return _kafka_sender(spark)
-    return partial(_land_file, Path(lakehouse.location(names.LANDING_ZONE)))
+    return _executor_sender()
 
 
 def _executor_sender():
     """``send(day, lines)`` for the profile's source, as Spark's executors call it: with no
-    session, and the settings taken on the driver."""
+    session, and the settings taken on the driver (the stack's day marks are the caller's)."""
     settings = get_settings()
     if settings.profile == "stack":
         services.require("kafka")
