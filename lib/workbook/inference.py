@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import logging
-import threading
+import contextlib
 from functools import partial
 
 from pyspark.ml import PipelineModel
@@ -12,6 +11,7 @@ from pyspark.sql import functions as F
 
 from workbook import lakehouse, lineage, names, registry
 from workbook.features import as_of_date, transaction_features
+from workbook.spark import interpreted
 from workbook.train import score
 
 PREDICTION_COLUMNS = (
@@ -26,7 +26,8 @@ PREDICTION_COLUMNS = (
     names.INFERENCE_TIMESTAMP,
     names.MODEL_VERSION,
 )
-log = logging.getLogger(__name__)
+# The note on each predictions commit: the streaming query and micro-batch it holds.
+BATCH_NOTE = "scoring query "
 # A live micro-batch (a few thousand rows) is scored and written as one task and one file; a
 # backlog is spread over tasks of this many rows.
 ROWS_PER_TASK = 100_000
@@ -96,49 +97,46 @@ def score_batch(
     batch: DataFrame,
     batch_id: int,
 ) -> None:
-    """One micro-batch: scored against only the feature days it needs, appended exactly once."""
+    """One micro-batch: scored against only the feature days it needs, appended exactly once.
+
+    Each commit notes the query and batch it holds, so a batch replayed after a crash between
+    that commit and the checkpoint's is skipped. The query id is the checkpoint's: a fresh
+    checkpoint writes again, as Delta's own streaming sink would.
+    """
     session = batch.sparkSession
+    query_id = session.sparkContext.getLocalProperty("sql.streaming.queryId")
+    if not query_id:
+        raise RuntimeError("score_batch runs in a streaming query's foreachBatch only")
+    committed = last_committed_batch(session, predictions_path, query_id)
+    if committed is not None and committed >= batch_id:
+        return
     rows, days = batch.coalesce(1).agg(F.count(F.lit(1)), F.collect_set(as_of_date())).first()
     # One row per account and day: a day's rows are small enough to send to every task.
     history = F.broadcast(features.of_days(session, days))
     scored = predictions(
         model, batch.coalesce(max(1, rows // ROWS_PER_TASK)), history, model_version
     )
-    # What the Delta sink does: the commit records (query id, batch id), and a batch replayed
-    # after a crash between that commit and the checkpoint's is skipped. The query id is the
-    # checkpoint's, so a fresh checkpoint writes again, as the Delta sink would.
-    query_id = session.sparkContext.getLocalProperty("sql.streaming.queryId")
-    if not query_id:
-        raise RuntimeError("score_batch runs in a streaming query's foreachBatch only")
-    (
-        scored.write.format("delta")
-        .mode("append")
-        .option("txnAppId", query_id)
-        .option("txnVersion", batch_id)
-        .save(predictions_path)
-    )
-    threading.Thread(
-        target=_prepare_next_check, args=(session, predictions_path), daemon=True
-    ).start()
+    # A live batch's query is new code each time (its inference time is a constant):
+    # compiling it would cost more than evaluating its few thousand rows.
+    small = rows <= ROWS_PER_TASK
+    with interpreted(session) if small else contextlib.nullcontext():
+        scored.write.format("delta").mode("append").option(
+            "userMetadata", f"{BATCH_NOTE}{query_id} {batch_id}"
+        ).save(predictions_path)
 
 
-def _prepare_next_check(spark: SparkSession, path: str) -> None:
-    """Have Delta compute, in the background, the table state the next batch's check reads.
+def last_committed_batch(spark: SparkSession, path: str, query_id: str) -> int | None:
+    """The newest batch of the query ``query_id`` that the predictions table holds.
 
-    To find which batch a query committed last, Delta rebuilds the table's state (three Spark
-    jobs, about 0.4 s on two cores) at every write. Built here, right after this commit, it
-    overlaps the wait for the next trigger and the next batch's one-task scoring job; Delta
-    keeps it with this table version, so the next write finds it ready (unless another writer
-    committed in between, and then Delta builds it as it always does). A speed-up only: if
-    it fails, the write still checks, just later.
+    Read from the commits' notes, newest first: usually the newest commit is the query's
+    own. Delta's ``txnAppId`` would answer too, but from the table's whole state, which it
+    rebuilds at each commit (three Spark jobs, half a micro-batch on two cores).
     """
-    try:
-        delta_log = spark._jvm.org.apache.spark.sql.delta.DeltaLog.forTable(
-            spark._jsparkSession, path
-        )
-        delta_log.unsafeVolatileSnapshot().setTransactions()
-    except Exception as error:  # e.g. the session stopped meanwhile
-        log.debug("state of %s not prepared: %s", path, error)
+    ours = f"{BATCH_NOTE}{query_id} "
+    for note in lakehouse.commit_notes(spark, path):
+        if note and note.startswith(ours):
+            return int(note.removeprefix(ours))
+    return None
 
 
 class FeatureDays:

@@ -44,6 +44,25 @@ def write_text(spark, path: str, text: str) -> None:
         stream.close()
 
 
+def commit_notes(spark, path: str):
+    """The notes (``userMetadata``) of a Delta table's commits, newest first; None for a
+    commit without one. Read from the log's files, without a Spark job."""
+    import json
+
+    fs, pattern = _fs_path(spark, f"{path}/_delta_log/*.json")
+    logged = (status.getPath() for status in fs.globStatus(pattern) or [])
+    commits = [c for c in logged if c.getName().removesuffix(".json").isdigit()]
+    for commit in sorted(commits, key=lambda c: c.getName(), reverse=True):
+        stream = fs.open(commit)
+        try:
+            text = spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+        finally:
+            stream.close()
+        actions = (json.loads(line) for line in text.splitlines() if line.strip())
+        info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
+        yield info.get("userMetadata")
+
+
 def read_text(spark, path: str) -> str:
     return "\n".join(spark.sparkContext.textFile(path, 1).collect())
 
