@@ -7,7 +7,8 @@ Executed notebooks and their HTML exports go to ``runs/<time>/``; ``runs/latest`
 the newest run and holds ``summary.json``.
 
 The notebooks share one kernel, so the JVM and its jars are started once (about 10 s per
-notebook saved); each notebook still stops its Spark session and builds its own state.
+notebook saved); each notebook still stops its Spark session and builds its own state, and
+the kernel's variables are dropped between notebooks.
 ``--kernel-per-notebook`` runs each in a fresh kernel, as nbval and JupyterLab do.
 """
 
