@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
@@ -47,8 +48,6 @@ def write_text(spark, path: str, text: str) -> None:
 def commit_notes(spark, path: str):
     """The notes (``userMetadata``) of a Delta table's commits, newest first; None for a
     commit without one. Read from the log's files, without a Spark job."""
-    import json
-
     fs, pattern = _fs_path(spark, f"{path}/_delta_log/*.json")
     logged = (status.getPath() for status in fs.globStatus(pattern) or [])
     commits = [c for c in logged if c.getName().removesuffix(".json").isdigit()]
