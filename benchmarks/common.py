@@ -118,10 +118,11 @@ def machine() -> dict:
     }
 
 
-def spark_session(driver_memory: str, jvm_options: str, shuffle_partitions: int):
+def spark_session(driver_memory: str, jvm_options: str | None, shuffle_partitions: int):
     """The benchmark's one Spark session (one JVM per process: its memory is fixed at start)."""
     os.environ["WORKBOOK_DRIVER_MEMORY"] = driver_memory
-    os.environ["WORKBOOK_JVM_OPTIONS"] = jvm_options
+    if jvm_options is not None:
+        os.environ["WORKBOOK_JVM_OPTIONS"] = jvm_options
     os.environ["WORKBOOK_SHUFFLE_PARTITIONS"] = str(shuffle_partitions)
     from workbook.spark import get_spark
 

@@ -86,9 +86,7 @@ def parse_args(argv=None):
     parser.add_argument("--trigger", default="1 second", help="the stream's processing time")
     parser.add_argument("--driver-memory", help="Spark driver memory (default by size)")
     parser.add_argument(
-        "--jvm-options",
-        default="",
-        help="JVM flags of the benchmark's Spark (default: none, the full JIT for long jobs)",
+        "--jvm-options", help="JVM flags of the benchmark's Spark (default: the workbook's)"
     )
     parser.add_argument("--shuffle-partitions", type=int, default=8)
     parser.add_argument("--out", type=Path, help="results folder (default: benchmarks/results)")

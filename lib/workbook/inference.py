@@ -9,7 +9,7 @@ from pyspark.ml import PipelineModel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from workbook import lakehouse, lineage, names, registry
+from workbook import lakehouse, lineage, micro_batches, names, registry
 from workbook.features import as_of_date, transaction_features
 from workbook.spark import interpreted
 from workbook.train import score
@@ -26,8 +26,6 @@ PREDICTION_COLUMNS = (
     names.INFERENCE_TIMESTAMP,
     names.MODEL_VERSION,
 )
-# The note on each predictions commit: the streaming query and micro-batch it holds.
-BATCH_NOTE = "scoring query "
 # A live micro-batch (a few thousand rows) is scored and written as one task and one file; a
 # backlog is spread over tasks of this many rows.
 ROWS_PER_TASK = 100_000
@@ -97,18 +95,10 @@ def score_batch(
     batch: DataFrame,
     batch_id: int,
 ) -> None:
-    """One micro-batch: scored against only the feature days it needs, appended exactly once.
-
-    Each commit notes the query and batch it holds, so a batch replayed after a crash between
-    that commit and the checkpoint's is skipped. The query id is the checkpoint's: a fresh
-    checkpoint writes again, as Delta's own streaming sink would.
-    """
+    """One micro-batch: scored against only the feature days it needs, appended exactly once
+    (a batch replayed after a crash between its commit and the checkpoint's is skipped)."""
     session = batch.sparkSession
-    query_id = session.sparkContext.getLocalProperty("sql.streaming.queryId")
-    if not query_id:
-        raise RuntimeError("score_batch runs in a streaming query's foreachBatch only")
-    committed = last_committed_batch(session, predictions_path, query_id)
-    if committed is not None and committed >= batch_id:
+    if micro_batches.is_committed(session, predictions_path, batch_id):
         return
     rows, days = batch.coalesce(1).agg(F.count(F.lit(1)), F.collect_set(as_of_date())).first()
     # One row per account and day: a day's rows are small enough to send to every task.
@@ -120,23 +110,7 @@ def score_batch(
     # compiling it would cost more than evaluating its few thousand rows.
     small = rows <= ROWS_PER_TASK
     with interpreted(session) if small else contextlib.nullcontext():
-        scored.write.format("delta").mode("append").option(
-            "userMetadata", f"{BATCH_NOTE}{query_id} {batch_id}"
-        ).save(predictions_path)
-
-
-def last_committed_batch(spark: SparkSession, path: str, query_id: str) -> int | None:
-    """The newest batch of the query ``query_id`` that the predictions table holds.
-
-    Read from the commits' notes, newest first: usually the newest commit is the query's
-    own. Delta's ``txnAppId`` would answer too, but from the table's whole state, which it
-    rebuilds at each commit (three Spark jobs, half a micro-batch on two cores).
-    """
-    ours = f"{BATCH_NOTE}{query_id} "
-    for note in lakehouse.commit_notes(spark, path):
-        if note and note.startswith(ours):
-            return int(note.removeprefix(ours))
-    return None
+        micro_batches.append(scored, predictions_path, batch_id)
 
 
 class FeatureDays:

@@ -7,14 +7,13 @@ or in the quarantine table with the reason it was refused.
 
 from __future__ import annotations
 
-import json
 from functools import partial
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from workbook import contract, lakehouse, lineage, names, sources
+from workbook import contract, lakehouse, lineage, micro_batches, names, sources
 from workbook.contract import (
     EVENT_FIELDS,
     KNOWN_CURRENCIES,
@@ -192,27 +191,15 @@ def mark_duplicates(checked: DataFrame, existing_ids: DataFrame, batch_id: int) 
     ).drop("_rank", "_seen")
 
 
-def append_once(rows: DataFrame, path: str, app_id: str, batch_id: int) -> None:
-    """Append a micro-batch's rows; Delta skips the write if this batch was committed before."""
-    (
-        rows.write.format("delta")
-        .mode("append")
-        .option("txnAppId", app_id)
-        .option("txnVersion", batch_id)
-        .save(path)
-    )
-
-
-def ingest_batch(
-    batch: DataFrame, batch_id: int, raw_path: str, quarantine_path: str, checkpoint: str
-) -> None:
+def ingest_batch(batch: DataFrame, batch_id: int, raw_path: str, quarantine_path: str) -> None:
     """Validate one micro-batch; valid rows to raw, refused rows to quarantine, each once.
 
-    A batch that is retried after a failure is recognised by (query id, batch id), so its
-    rows are not written twice.
+    A batch that is retried after a failure is recognised by its query and batch id
+    (``micro_batches``), so its rows are not written twice.
     """
     spark = batch.sparkSession
-    query_id = json.loads(lakehouse.read_text(spark, f"{checkpoint}/metadata"))["id"]
+    if all(micro_batches.is_committed(spark, p, batch_id) for p in (raw_path, quarantine_path)):
+        return
     raw = spark.read.format("delta").load(raw_path)
     parsed = parse_and_validate(batch).persist()
     clock = data_clock(parsed, raw)  # also computes ``parsed``: its size is known from here
@@ -242,8 +229,8 @@ def ingest_batch(
             spark.read.format("delta").load(quarantine_path).select(names.RECORD_ID, names.REASON)
         )
         refused = refused.join(stored, [names.RECORD_ID, names.REASON], "left_anti")
-        append_once(valid, raw_path, f"{query_id}-raw", batch_id)
-        append_once(refused, quarantine_path, f"{query_id}-quarantine", batch_id)
+        micro_batches.append_once(valid, raw_path, batch_id)
+        micro_batches.append_once(refused, quarantine_path, batch_id)
     finally:
         checked.unpersist()
         parsed.unpersist()
@@ -257,12 +244,7 @@ def start_ingest(
     ensure_table(spark, quarantine_path, QUARANTINE_SCHEMA)
     return (
         events.writeStream.foreachBatch(
-            partial(
-                ingest_batch,
-                raw_path=raw_path,
-                quarantine_path=quarantine_path,
-                checkpoint=checkpoint,
-            )
+            partial(ingest_batch, raw_path=raw_path, quarantine_path=quarantine_path)
         )
         .option("checkpointLocation", checkpoint)
         .trigger(availableNow=True)

@@ -45,6 +45,16 @@ def write_text(spark, path: str, text: str) -> None:
         stream.close()
 
 
+def _commit_actions(spark, fs, commit) -> list[dict]:
+    """The actions of one commit file of a Delta log (``commit``: a Hadoop path)."""
+    stream = fs.open(commit)
+    try:
+        text = spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def commit_notes(spark, path: str):
     """The notes (``userMetadata``) of a Delta table's commits, newest first; None for a
     commit without one. Read from the log's files, without a Spark job."""
@@ -52,14 +62,18 @@ def commit_notes(spark, path: str):
     logged = (status.getPath() for status in fs.globStatus(pattern) or [])
     commits = [c for c in logged if c.getName().removesuffix(".json").isdigit()]
     for commit in sorted(commits, key=lambda c: c.getName(), reverse=True):
-        stream = fs.open(commit)
-        try:
-            text = spark._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-        finally:
-            stream.close()
-        actions = (json.loads(line) for line in text.splitlines() if line.strip())
+        actions = _commit_actions(spark, fs, commit)
         info = next((a["commitInfo"] for a in actions if "commitInfo" in a), {})
         yield info.get("userMetadata")
+
+
+def is_empty(spark, path: str) -> bool:
+    """Whether the Delta table at ``path`` is as ``ensure_table`` made it: its only commit
+    added no file. Read from the log, without a Spark job."""
+    if table_version(spark, path) != 0:
+        return False
+    fs, first = _fs_path(spark, f"{path}/_delta_log/{0:020d}.json")
+    return not any("add" in action for action in _commit_actions(spark, fs, first))
 
 
 def read_text(spark, path: str) -> str:
@@ -150,10 +164,22 @@ def ensure_table(spark, path: str, schema, partition_by: tuple[str, ...] = ()) -
     builder.execute()
 
 
+def _append_into_empty(spark, path: str, rows) -> None:
+    """What a MERGE into the empty table at ``path`` would write (every key is new), in one
+    job instead of a dozen: a file per partition, as a MERGE writes them, not one per task."""
+    fs, first = _fs_path(spark, f"{path}/_delta_log/{0:020d}.json")
+    metadata = next(a["metaData"] for a in _commit_actions(spark, fs, first) if "metaData" in a)
+    by = metadata.get("partitionColumns") or []
+    (rows.repartition(*by) if by else rows).write.format("delta").mode("append").save(path)
+
+
 def merge_new_rows(spark, path: str, rows, keys: list[str]) -> None:
     """Insert the rows whose keys the table does not hold yet: replays change nothing."""
     from delta.tables import DeltaTable
 
+    if is_empty(spark, path):
+        _append_into_empty(spark, path, rows)
+        return
     condition = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     DeltaTable.forPath(spark, path).alias("t").merge(
         rows.alias("s"), condition
@@ -172,26 +198,38 @@ def commit_note(spark, note: str):
 
 
 def upsert(spark, path: str, rows, keys: list[str], made_from=()) -> dict[str, int]:
-    """Insert new keys and update changed rows; identical rows are left alone.
+    """Insert new keys and update changed rows; identical rows are left alone, and when
+    every row is stored as it is, nothing is committed.
 
-    Returns the inserted and updated row counts of the MERGE. ``made_from``: the tables
-    ``rows`` were computed from, for the lineage graph (Spark's listener does not see a MERGE's
-    source tables, nor through a checkpointed plan).
+    Returns the inserted and updated row counts. ``made_from``: the tables ``rows`` were
+    computed from, for the lineage graph (Spark's listener does not see a MERGE's source
+    tables, nor through a checkpointed plan).
     """
     from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
 
     target = DeltaTable.forPath(spark, path)
     _require_columns(path, target.toDF().columns, rows.columns)
+    _record("upsert", made_from, path)
+    if is_empty(spark, path):
+        _append_into_empty(spark, path, rows)
+        written = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
+        return {"inserted": int(written["numOutputRows"]), "updated": 0}
+    # Only the rows that are new or differ from the stored ones go through the MERGE: a
+    # rerun costs one join instead of a MERGE's two, and commits nothing.
+    same = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in rows.columns]
+    differing = rows.alias("s").join(target.toDF().alias("t"), same, "left_anti")
+    differing = differing.localCheckpoint()
+    if differing.isEmpty():
+        return {"inserted": 0, "updated": 0}
     on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    changed = " OR ".join(f"NOT (t.{c} <=> s.{c})" for c in rows.columns if c not in keys)
     (
         target.alias("t")
-        .merge(rows.alias("s"), on)
-        .whenMatchedUpdateAll(condition=changed)
+        .merge(differing.alias("s"), on)
+        .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
     )
-    _record("upsert", made_from, path)
     metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
     return {
         "inserted": int(metrics.get("numTargetRowsInserted", 0)),

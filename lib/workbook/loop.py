@@ -37,7 +37,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from datetime import date, timedelta
 from functools import cached_property, reduce
@@ -200,9 +200,8 @@ def run_day(
     ``events``, when given, are the day's event lines instead of the simulated ones.
     """
     step = Step(spark, DayReport(day), settings or LoopSettings(), events)
-    with interpreted(spark):  # a day is small: compiling its queries would cost the most
-        for stage in STAGES:
-            run_stage(step, stage)
+    for stage in STAGES:
+        run_stage(step, stage)
     return step.report
 
 
@@ -246,8 +245,24 @@ def run_stage(step: Step, stage: str) -> None:
     report = step.report
     if stage == "retraining" and not (report.retrain and step.decided is None):
         return  # nothing to train: the decision said so, or was taken before
-    with _timed(report, stage):
+    small = rows_read(step, stage) <= INTERPRETED_ROWS
+    with _timed(report, stage), interpreted(step.spark) if small else nullcontext():
         _WORK[stage](step)
+
+
+# A stage that reads up to this many transactions runs without generated code: compiling
+# its queries would cost more than evaluating them (a day at the default size). Larger
+# days (a day of 20 million transactions over 30 is 670,000) are faster compiled.
+INTERPRETED_ROWS = 250_000
+
+
+def rows_read(step: Step, stage: str) -> int:
+    """About how many transactions ``stage`` reads: a day's, or a challenger's days'."""
+    config = step.config
+    day = len(step.events) if step.events is not None else config.n_transactions // config.days
+    if stage == "retraining":
+        return day * (step.settings.train_days + step.settings.holdout_days)
+    return day * 2 if stage == "monitoring" else day  # the day and the newly labelled day
 
 
 def _ingest(step: Step) -> None:
@@ -776,8 +791,7 @@ def main(argv=None) -> int:
     with local_postgres_stopped_at_the_end():  # as the runner: one this command started
         if args.stage:
             step = resume(spark, args.day, settings, args.stage)
-            with interpreted(spark):
-                run_stage(step, args.stage)
+            run_stage(step, args.stage)
             save(step)
             print(step.report.to_json(), flush=True)
         else:

@@ -324,12 +324,17 @@ def test_upsert_is_idempotent_and_counts_changes(spark, tmp_path, grid_tx):
     def content():
         return sorted(tuple(r) for r in spark.read.format("delta").load(path).collect())
 
+    assert lakehouse.is_empty(spark, path)
     assert lakehouse.upsert(spark, path, rows, keys) == {"inserted": n, "updated": 0}
+    assert not lakehouse.is_empty(spark, path)
     first = content()
     assert len(first) == n
     # Identical rows (nulls included) are left alone.
     assert lakehouse.upsert(spark, path, rows, keys) == {"inserted": 0, "updated": 0}
     assert content() == first
+    # Into the empty table, an append; a rerun commits nothing.
+    operations = [r["operation"] for r in lakehouse.history(spark, path).collect()]
+    assert operations == ["CREATE TABLE", "WRITE"]
 
     # One changed value updates exactly one row; a null that becomes a value counts too.
     one = (F.col(names.ACCOUNT_ID) == "ACC_NIGHT") & (

@@ -120,3 +120,22 @@ def test_the_labelled_days_are_those_whose_labels_arrive_in_the_loop_or_a_clear_
     assert loop.labelled_days(days, 1) == days[:2]
     with pytest.raises(ValueError, match="3 loop days with labels 3 days late"):
         loop.labelled_days(days, 3)
+
+
+@pytest.mark.parametrize(
+    ("rows", "interpreted"),
+    [
+        (200_000, {"ingest": True, "monitoring": True, "retraining": True}),
+        (2_000_000, {"ingest": True, "monitoring": True, "retraining": False}),
+        (20_000_000, {"ingest": False, "monitoring": False, "retraining": False}),
+    ],
+)
+def test_a_stage_runs_without_generated_code_only_when_it_reads_few_rows(rows, interpreted):
+    from workbook.simulator import SimulationConfig
+
+    step = loop.Step(None, loop.DayReport(date(2025, 2, 1)), SETTINGS)
+    step.__dict__["config"] = SimulationConfig(n_transactions=rows)  # not read from a lakehouse
+    small = {s: loop.rows_read(step, s) <= loop.INTERPRETED_ROWS for s in interpreted}
+    assert small == interpreted
+    step.events = ["{}"] * 10  # a day of given lines: their number
+    assert loop.rows_read(step, "ingest") == 10

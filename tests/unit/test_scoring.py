@@ -293,22 +293,3 @@ def test_feature_days_are_read_again_when_the_table_changes(spark, simulated, tm
     assert lakehouse.table_version(spark, path) == max(r["version"] for r in history) == 1
     fresh = days.of_days(spark, one_day)
     assert fresh.agg(F.max("txn_count_7d")).first()[0] == -1
-
-
-def test_the_last_committed_batch_is_read_from_the_newest_note_of_its_query(spark, tmp_path):
-    path = str(tmp_path / "predictions")
-    rows = spark.range(3)
-    assert inference.last_committed_batch(spark, path, "q1") is None  # no table yet
-
-    def append(note: str | None) -> None:
-        writer = rows.write.format("delta").mode("append")
-        writer = writer.option("userMetadata", note) if note else writer
-        writer.save(path)
-
-    append(f"{inference.BATCH_NOTE}q1 4")
-    append(f"{inference.BATCH_NOTE}q1 5")
-    append(None)  # another writer's commit, without a note
-    append(f"{inference.BATCH_NOTE}q2 0")  # a fresh checkpoint's query
-    assert inference.last_committed_batch(spark, path, "q1") == 5
-    assert inference.last_committed_batch(spark, path, "q2") == 0
-    assert inference.last_committed_batch(spark, path, "q3") is None
