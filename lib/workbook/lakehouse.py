@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import operator
 from contextlib import contextmanager
+from functools import reduce
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -210,26 +212,27 @@ def upsert(spark, path: str, rows, keys: list[str], made_from=()) -> dict[str, i
 
     target = DeltaTable.forPath(spark, path)
     _require_columns(path, target.toDF().columns, rows.columns)
-    _record("upsert", made_from, path)
     if is_empty(spark, path):
         _append_into_empty(spark, path, rows)
+        _record("upsert", made_from, path)
         written = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
-        return {"inserted": int(written["numOutputRows"]), "updated": 0}
+        return {"inserted": int(written.get("numOutputRows", 0)), "updated": 0}
+    stored, within = target.toDF(), F.lit(True)
+    if by := target.detail().first()["partitionColumns"]:
+        # Only the partitions the rows fall in are read, by the join and by the MERGE.
+        values = [r[0] for r in rows.select(by[0]).distinct().collect()]
+        stored, within = stored.filter(F.col(by[0]).isin(values)), F.col(f"t.{by[0]}").isin(values)
     # Only the rows that are new or differ from the stored ones go through the MERGE: a
     # rerun costs one join instead of a MERGE's two, and commits nothing.
     same = [F.col(f"s.{c}").eqNullSafe(F.col(f"t.{c}")) for c in rows.columns]
-    differing = rows.alias("s").join(target.toDF().alias("t"), same, "left_anti")
-    differing = differing.localCheckpoint()
+    differing = rows.alias("s").join(stored.alias("t"), same, "left_anti").localCheckpoint()
+    _record("upsert", made_from, path)
     if differing.isEmpty():
         return {"inserted": 0, "updated": 0}
-    on = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    (
-        target.alias("t")
-        .merge(differing.alias("s"), on)
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    on = reduce(operator.and_, [F.col(f"t.{k}") == F.col(f"s.{k}") for k in keys], within)
+    target.alias("t").merge(
+        differing.alias("s"), on
+    ).whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     metrics = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
     return {
         "inserted": int(metrics.get("numTargetRowsInserted", 0)),

@@ -245,9 +245,10 @@ def run_stage(step: Step, stage: str) -> None:
     report = step.report
     if stage == "retraining" and not (report.retrain and step.decided is None):
         return  # nothing to train: the decision said so, or was taken before
-    small = rows_read(step, stage) <= INTERPRETED_ROWS
-    with _timed(report, stage), interpreted(step.spark) if small else nullcontext():
-        _WORK[stage](step)
+    with _timed(report, stage):
+        small = rows_read(step, stage) <= INTERPRETED_ROWS
+        with interpreted(step.spark) if small else nullcontext():
+            _WORK[stage](step)
 
 
 # A stage that reads up to this many transactions runs without generated code: compiling
@@ -257,12 +258,16 @@ INTERPRETED_ROWS = 250_000
 
 
 def rows_read(step: Step, stage: str) -> int:
-    """About how many transactions ``stage`` reads: a day's, or a challenger's days'."""
+    """About how many transactions ``stage`` reads: a day's, or those of the days before it
+    that its features, its monitoring or a challenger need too."""
     config = step.config
     day = len(step.events) if step.events is not None else config.n_transactions // config.days
-    if stage == "retraining":
-        return day * (step.settings.train_days + step.settings.holdout_days)
-    return day * 2 if stage == "monitoring" else day  # the day and the newly labelled day
+    days = {
+        "features": features.NEW_MERCHANT_DAYS + 1,  # the day's, and the days its windows see
+        "monitoring": 2,  # the day's, and the newly labelled day's
+        "retraining": step.settings.train_days + step.settings.holdout_days,
+    }
+    return day * days.get(stage, 1)
 
 
 def _ingest(step: Step) -> None:
