@@ -169,10 +169,14 @@ def ensure_table(spark, path: str, schema, partition_by: tuple[str, ...] = ()) -
 def _append_into_empty(spark, path: str, rows) -> None:
     """What a MERGE into the empty table at ``path`` would write (every key is new), in one
     job instead of a dozen: a file per partition, as a MERGE writes them, not one per task."""
-    fs, first = _fs_path(spark, f"{path}/_delta_log/{0:020d}.json")
-    metadata = next(a["metaData"] for a in _commit_actions(spark, fs, first) if "metaData" in a)
-    by = metadata.get("partitionColumns") or []
+    by = _partition_columns(spark, path)
     (rows.repartition(*by) if by else rows).write.format("delta").mode("append").save(path)
+
+
+def _partition_columns(spark, path: str) -> list[str]:
+    from delta.tables import DeltaTable
+
+    return list(DeltaTable.forPath(spark, path).detail().first()["partitionColumns"])
 
 
 def merge_new_rows(spark, path: str, rows, keys: list[str]) -> None:
@@ -218,7 +222,7 @@ def upsert(spark, path: str, rows, keys: list[str], made_from=()) -> dict[str, i
         written = DeltaTable.forPath(spark, path).history(1).collect()[0]["operationMetrics"]
         return {"inserted": int(written.get("numOutputRows", 0)), "updated": 0}
     stored, within = target.toDF(), F.lit(True)
-    if by := target.detail().first()["partitionColumns"]:
+    if by := _partition_columns(spark, path):
         # Only the partitions the rows fall in are read, by the join and by the MERGE.
         values = [r[0] for r in rows.select(by[0]).distinct().collect()]
         stored, within = stored.filter(F.col(by[0]).isin(values)), F.col(f"t.{by[0]}").isin(values)
