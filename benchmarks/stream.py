@@ -16,6 +16,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 
 from benchmarks import common
 from benchmarks.features import raw_arrow_schema
-from workbook import lakehouse, names, registry, simulator
+from workbook import lakehouse, micro_batches, names, registry, simulator
 from workbook.names import BATCH_ID
 
 TARGET_P50_MS = 1000.0
@@ -234,6 +235,9 @@ def run(
         query.stop()
     # Alone, as the scoring query was: on two cores, two queries slow each other down.
     floor = spark_floor(spark, producer, work / "floor", trigger, rate, floor_seconds, every)
+    append_floor = spark_floor(
+        spark, producer, work / "append", trigger, rate, floor_seconds, every, copy=True
+    )
 
     figures = common.percentiles(latency, (50, 95, 99))
     section = {
@@ -253,6 +257,7 @@ def run(
         },
         "median_batch_ms": durations,
         "floor_median_batch_ms": floor,
+        "append_floor_median_batch_ms": append_floor,
         "append_write_ms_p50": round(float(np.median([a.write_s for a in steady])) * 1000, 1),
         "conditions": {
             "trigger": f"processingTime {trigger}",
@@ -271,34 +276,55 @@ def run(
     common.show("stream latency p95", figures["p95_ms"], "ms", ("<=", TARGET_P95_MS))
     common.show("stream micro-batch (median)", durations["triggerExecution"], "ms")
     common.show("Spark's floor: a batch that writes nothing", floor["triggerExecution"], "ms")
+    common.show("a batch that appends its rows unchanged", append_floor["triggerExecution"], "ms")
+    common.show("... its events' latency p50", append_floor["latency"]["p50_ms"], "ms")
     common.show("stream steady feed rate", held, "events/s")
     common.show("stream sustained (backlog drain)", events_per_s, "events/s")
     return section
 
 
-def spark_floor(spark, producer, folder, trigger, rate, seconds, every) -> dict:
-    """Median phases of micro-batches that read the same appends and write nothing.
+def copy_batch(path: str, batch, batch_id: int) -> None:
+    """The scoring batch without the scoring: the rows as they are, appended exactly once."""
+    if not micro_batches.is_committed(batch.sparkSession, path, batch_id):
+        micro_batches.append(batch.coalesce(1), path, batch_id)
 
-    What any query over this source pays per batch on this machine: finding the new commits
-    and recording the batch in the checkpoint (offsets before it runs, commit after).
-    """
-    common.progress(f"stream: Spark's floor, {seconds:.0f} s into a sink that writes nothing")
-    query = (
+
+def spark_floor(spark, producer, folder, trigger, rate, seconds, every, copy=False) -> dict:
+    """Median phases of micro-batches that read the same appends and write nothing, or, with
+    ``copy``, append them unchanged to a Delta table as the scoring query does (its latencies
+    too): what any query over this source pays per batch on this machine, and what any query
+    that writes a Delta table does."""
+    kind = "appends the rows to a table" if copy else "writes nothing"
+    common.progress(f"stream: Spark's floor, {seconds:.0f} s into a sink that {kind}")
+    stream = (
         spark.readStream.format("delta")
         .option("startingVersion", producer.version + 1)
         .load(str(producer.raw_path))
-        .writeStream.format("noop")
-        .option("checkpointLocation", str(folder))
+        .writeStream.option("checkpointLocation", str(folder / "_checkpoint"))
         .trigger(processingTime=trigger)
-        .start()
     )
+    table = folder / "table"
+    query = (
+        stream.foreachBatch(partial(copy_batch, str(table))) if copy else stream.format("noop")
+    ).start()
     try:
+        while not query.recentProgress:  # started: its first (empty) trigger has run
+            if query.exception():
+                raise RuntimeError(f"stream: the floor's query failed: {query.exception()}")
+            time.sleep(0.1)
         since_ms = time.time() * 1000
-        producer.steady("F", rate, seconds, every)
+        appends = producer.steady("C" if copy else "F", rate, seconds, every)
         time.sleep(2)  # the last append's batch
-        return batch_durations(query, since_ms)
+        durations = batch_durations(query, since_ms)
     finally:
         query.stop()
+    if query.exception():
+        raise RuntimeError(f"stream: the floor's query failed: {query.exception()}")
+    if copy:
+        log = CommitLog(table)
+        log.refresh()
+        durations["latency"] = common.percentiles(latencies_ms(table, log, appends), (50, 95))
+    return durations
 
 
 def plot(section: dict, path: Path) -> None:

@@ -146,10 +146,13 @@ def parse_and_validate(events: DataFrame) -> DataFrame:
     )
 
 
-def data_clock(checked: DataFrame, raw: DataFrame):
-    """The data's clock for a batch: the newest event time in raw and among its valid events."""
+def data_clock(checked: DataFrame, raw: DataFrame | None):
+    """The data's clock for a batch: the newest event time in raw (None: empty) and among its
+    valid events."""
     valid = checked.filter(F.col(names.REASON).isNull())
     newest = valid.agg(F.max(names.TIMESTAMP)).first()[0]
+    if raw is None:
+        return newest
     # Only raw's events newer than the batch's can move the clock: the files that hold none
     # are skipped by their statistics, so the cost follows the batch, not raw's size.
     later = raw if newest is None else raw.filter(F.col(names.TIMESTAMP) > F.lit(newest))
@@ -168,22 +171,26 @@ def mark_late(checked: DataFrame, clock) -> DataFrame:
     )
 
 
-def mark_duplicates(checked: DataFrame, existing_ids: DataFrame, batch_id: int) -> DataFrame:
+def mark_duplicates(checked: DataFrame, existing_ids: DataFrame | None, batch_id: int) -> DataFrame:
     """Refuse a valid event whose transaction_id came earlier in the batch or in an earlier batch.
 
-    ``existing_ids`` holds the raw table's (transaction_id, ingest_batch_id); rows written by
-    this same batch id are a retry of this batch, not duplicates.
+    ``existing_ids`` holds the raw table's (transaction_id, ingest_batch_id), None while raw is
+    empty; rows written by this same batch id are a retry of this batch, not duplicates.
     """
     # Rank valid rows among themselves: a refused copy must not push the valid one out.
     first = Window.partitionBy(names.TRANSACTION_ID, F.col(names.REASON).isNull()).orderBy(
         names.RECORD_ID
     )
-    earlier = existing_ids.filter(F.col(names.BATCH_ID) != batch_id).select(
-        names.TRANSACTION_ID, F.lit(True).alias("_seen")
-    )
     ranked = checked.withColumn(
         "_rank", F.when(F.col(names.REASON).isNull(), F.row_number().over(first))
-    ).join(earlier, names.TRANSACTION_ID, "left")
+    )
+    if existing_ids is None:
+        ranked = ranked.withColumn("_seen", F.lit(None).cast("boolean"))
+    else:
+        earlier = existing_ids.filter(F.col(names.BATCH_ID) != batch_id).select(
+            names.TRANSACTION_ID, F.lit(True).alias("_seen")
+        )
+        ranked = ranked.join(earlier, names.TRANSACTION_ID, "left")
     duplicate = (F.col("_rank") > 1) | F.col("_seen").isNotNull()
     return ranked.withColumn(
         names.REASON,
@@ -200,17 +207,20 @@ def ingest_batch(batch: DataFrame, batch_id: int, raw_path: str, quarantine_path
     spark = batch.sparkSession
     if all(micro_batches.is_committed(spark, p, batch_id) for p in (raw_path, quarantine_path)):
         return
-    raw = spark.read.format("delta").load(raw_path)
+    # Tables still empty (the first batch) are not read: nothing in them to compare with.
+    raw, stored = (_stored_rows(spark, p) for p in (raw_path, quarantine_path))
     parsed = parse_and_validate(batch).persist()
     clock = data_clock(parsed, raw)  # also computes ``parsed``: its size is known from here
-    # Raw's rows with this batch's ids: as few as the batch, whatever raw holds, so the two
-    # joins below read them from memory instead of shuffling every id of raw twice.
-    ids = parsed.select(names.TRANSACTION_ID).dropna().distinct()
-    existing = (
-        raw.select(names.TRANSACTION_ID, names.BATCH_ID)
-        .join(ids, names.TRANSACTION_ID, "left_semi")
-        .localCheckpoint()
-    )
+    existing = None
+    if raw is not None:
+        # Raw's rows with this batch's ids: as few as the batch, whatever raw holds, so the
+        # two joins below read them from memory instead of shuffling every id of raw twice.
+        ids = parsed.select(names.TRANSACTION_ID).dropna().distinct()
+        existing = (
+            raw.select(names.TRANSACTION_ID, names.BATCH_ID)
+            .join(ids, names.TRANSACTION_ID, "left_semi")
+            .localCheckpoint()
+        )
     checked = mark_duplicates(mark_late(parsed, clock), existing, batch_id)
     checked = checked.withColumn(names.BATCH_ID, F.lit(batch_id).cast("long")).persist()
     try:
@@ -224,16 +234,22 @@ def ingest_batch(batch: DataFrame, batch_id: int, raw_path: str, quarantine_path
             names.BATCH_ID,
         )
         # A replay (a new checkpoint over old input) must not add what is already stored.
-        valid = valid.join(existing.select(names.TRANSACTION_ID), names.TRANSACTION_ID, "left_anti")
-        stored = (
-            spark.read.format("delta").load(quarantine_path).select(names.RECORD_ID, names.REASON)
-        )
-        refused = refused.join(stored, [names.RECORD_ID, names.REASON], "left_anti")
+        if existing is not None:
+            stored_ids = existing.select(names.TRANSACTION_ID)
+            valid = valid.join(stored_ids, names.TRANSACTION_ID, "left_anti")
+        if stored is not None:
+            stored_reasons = stored.select(names.RECORD_ID, names.REASON)
+            refused = refused.join(stored_reasons, [names.RECORD_ID, names.REASON], "left_anti")
         micro_batches.append_once(valid, raw_path, batch_id)
         micro_batches.append_once(refused, quarantine_path, batch_id)
     finally:
         checked.unpersist()
         parsed.unpersist()
+
+
+def _stored_rows(spark: SparkSession, path: str) -> DataFrame | None:
+    """The Delta table at ``path``, or None while it is as ``ensure_table`` made it."""
+    return None if lakehouse.is_empty(spark, path) else spark.read.format("delta").load(path)
 
 
 def start_ingest(

@@ -711,7 +711,7 @@ def retrain(spark, config: SimulationConfig, day: date, settings: LoopSettings, 
         )
         return None, promotion.Decision(False, champion, reason)
     pipeline = train.build_pipeline(reg_param=settings.reg_param, max_iter=settings.max_iter)
-    model = pipeline.fit(train.with_class_weights(train_df))
+    model = train.fit(pipeline, train_df)
     evaluation = train.evaluate(
         train.scores_and_labels(train.score(model, train_df), names.AMOUNT),
         train.scores_and_labels(train.score(model, holdout), names.AMOUNT),

@@ -36,7 +36,7 @@ def fit(spark, versions: dict[str, int], config: SimulationConfig, parameters: d
     pipeline = train.build_pipeline(
         reg_param=float(parameters["reg_param"]), max_iter=int(parameters["max_iter"])
     )
-    model = pipeline.fit(train.with_class_weights(train_df))
+    model = train.fit(pipeline, train_df)
     evaluation = train.evaluate(
         train.scores_and_labels(train.score(model, train_df), names.AMOUNT),
         train.scores_and_labels(train.score(model, test_df), names.AMOUNT),

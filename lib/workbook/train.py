@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from datetime import date
 
@@ -20,6 +21,7 @@ from workbook.simulator import SimulationConfig
 
 # The tables a model is trained on, each read at one version (Delta time travel).
 INPUT_TABLES = (names.RAW_TABLE, names.FEATURES_TABLE, names.LABELS_TABLE)
+ROWS_PER_TASK = 1_000_000  # rows of a training task: enough to outweigh a task's fixed cost
 
 
 def training_set(raw: DataFrame, features: DataFrame, labels: DataFrame) -> DataFrame:
@@ -42,6 +44,17 @@ def with_class_weights(train: DataFrame) -> DataFrame:
         names.CLASS_WEIGHT,
         F.when(F.col(names.LABEL) == 1, 0.5 / positive_share).otherwise(0.5 / (1 - positive_share)),
     )
+
+
+def fit(pipeline: Pipeline, train: DataFrame) -> PipelineModel:
+    """``pipeline`` fitted on ``train``, each class weighted by the inverse of its share.
+
+    The optimizer runs a Spark job per iteration over the rows: in tasks of up to
+    ``ROWS_PER_TASK`` rows, not the many small partitions a join leaves, each job costs less
+    (at the default size the fit took 3.4 s instead of 5.5 s; benchmarks/README.md).
+    """
+    tasks = math.ceil(train.count() / ROWS_PER_TASK)
+    return pipeline.fit(with_class_weights(train.coalesce(max(1, tasks))))
 
 
 def build_pipeline(reg_param: float = 0.001, max_iter: int = 200) -> Pipeline:

@@ -53,9 +53,23 @@ def trained(simulated):
     data = train.training_set(raw, daily, labels).cache()
     train_df, test_df = train.time_split(data, TEST_FROM)
     assert train_df.filter(F.col(names.LABEL) == 1).count() > 5
-    model = train.build_pipeline(max_iter=30).fit(train.with_class_weights(train_df))
+    model = train.fit(train.build_pipeline(max_iter=30), train_df)
     train.set_threshold(model, 0.62)
     return model, test_df
+
+
+def test_fit_trains_in_few_tasks_and_learns_what_a_plain_fit_does(simulated):
+    _, raw, daily, labels = simulated
+    data = train.training_set(raw, daily, labels).repartition(7).cache()
+    train_df, _ = train.time_split(data, TEST_FROM)
+    pipeline = train.build_pipeline(max_iter=30)
+    fitted = train.fit(pipeline, train_df).stages[-1]
+    plain = pipeline.fit(train.with_class_weights(train_df)).stages[-1]
+    assert fitted.summary.predictions.rdd.getNumPartitions() == 1  # 7 without train.fit
+    np.testing.assert_allclose(
+        fitted.coefficients.toArray(), plain.coefficients.toArray(), rtol=1e-4, atol=1e-8
+    )
+    data.unpersist()
 
 
 def spark_probabilities(model, rows) -> np.ndarray:
