@@ -323,7 +323,10 @@ def spark_floor(spark, producer, folder, trigger, rate, seconds, every, copy=Fal
     if copy:
         log = CommitLog(table)
         log.refresh()
-        durations["latency"] = common.percentiles(latencies_ms(table, log, appends), (50, 95))
+        latency = latencies_ms(table, log, appends)
+        if not latency.size:
+            raise RuntimeError(f"stream: the floor's query appended none of its events to {table}")
+        durations["latency"] = common.percentiles(latency, (50, 95))
     return durations
 
 
