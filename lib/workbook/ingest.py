@@ -184,14 +184,13 @@ def mark_duplicates(checked: DataFrame, existing_ids: DataFrame | None, batch_id
     ranked = checked.withColumn(
         "_rank", F.when(F.col(names.REASON).isNull(), F.row_number().over(first))
     )
-    if existing_ids is None:
-        ranked = ranked.withColumn("_seen", F.lit(None).cast("boolean"))
-    else:
+    duplicate = F.col("_rank") > 1
+    if existing_ids is not None:
         earlier = existing_ids.filter(F.col(names.BATCH_ID) != batch_id).select(
             names.TRANSACTION_ID, F.lit(True).alias("_seen")
         )
         ranked = ranked.join(earlier, names.TRANSACTION_ID, "left")
-    duplicate = (F.col("_rank") > 1) | F.col("_seen").isNotNull()
+        duplicate = duplicate | F.col("_seen").isNotNull()
     return ranked.withColumn(
         names.REASON,
         F.coalesce(F.col(names.REASON), F.when(duplicate, F.lit("duplicate_transaction_id"))),
