@@ -13,6 +13,7 @@ fast the query drains it: the sustained events per second.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -72,13 +73,16 @@ class Producer:
         return record
 
     def steady(self, phase: str, rate: float, seconds: float, every: float) -> list[Append]:
-        """Append ``rate * every`` events each ``every`` seconds, on a fixed schedule."""
+        """Append ``rate * every`` events in each slot of ``every`` seconds, at a random moment
+        of it: on a fixed schedule every append would land at the same phase of the query's
+        trigger, and that phase, new in each run, would set the median wait for a trigger."""
         per_append = max(1, round(rate * every))
         count = max(1, round(seconds / every))
+        moments = random.Random(phase).random
         start = time.monotonic()
         out = []
         for k in range(count):
-            delay = start + k * every - time.monotonic()
+            delay = start + (k + moments()) * every - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             out.append(self.append(f"{phase}{k:05d}", per_append))
@@ -298,7 +302,7 @@ def spark_floor(spark, producer, folder, trigger, rate, seconds, every, copy=Fal
     common.progress(f"stream: Spark's floor, {seconds:.0f} s into a sink that {kind}")
     stream = (
         spark.readStream.format("delta")
-        .option("startingVersion", producer.version + 1)
+        .option("startingVersion", "latest")  # only the appends to come
         .load(str(producer.raw_path))
         .writeStream.option("checkpointLocation", str(folder / "_checkpoint"))
         .trigger(processingTime=trigger)

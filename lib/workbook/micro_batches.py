@@ -15,6 +15,9 @@ from pyspark.sql import DataFrame, SparkSession
 from workbook import lakehouse
 
 NOTE = "streaming query "
+# The newest batch each query appended to each table from this process. A query's log is read
+# only at its first batch here: the one a restart may replay.
+_appended: dict[tuple[str, str], int] = {}
 
 
 def query_id(spark: SparkSession) -> str:
@@ -40,14 +43,19 @@ def last_committed(spark: SparkSession, path: str, query: str) -> int | None:
 
 def is_committed(spark: SparkSession, path: str, batch_id: int) -> bool:
     """Whether the running query's batch ``batch_id`` is in the table at ``path`` already."""
-    committed = last_committed(spark, path, query_id(spark))
+    query = query_id(spark)
+    committed = _appended.get((path, query))
+    if committed is None:
+        committed = last_committed(spark, path, query)
     return committed is not None and committed >= batch_id
 
 
 def append(rows: DataFrame, path: str, batch_id: int) -> None:
     """Append the running query's micro-batch ``batch_id``, noted on its commit."""
-    note = f"{NOTE}{query_id(rows.sparkSession)} {batch_id}"
+    query = query_id(rows.sparkSession)
+    note = f"{NOTE}{query} {batch_id}"
     rows.write.format("delta").mode("append").option("userMetadata", note).save(path)
+    _appended[(path, query)] = batch_id
 
 
 def append_once(rows: DataFrame, path: str, batch_id: int) -> None:

@@ -28,6 +28,16 @@ PACKAGES = {
     ],
 }
 LOG4J_CONFIG = Path(__file__).with_name("log4j2.properties")
+# Through Hadoop's FileContext, a rename on a local disk first asks for the file's link
+# status, which Hadoop learns by running `readlink`: a process forked from the driver for
+# each streaming checkpoint file and each Delta commit, three to four per micro-batch. These
+# rename through FileSystem instead, which is Java's own rename, as atomic on a local disk.
+LOCAL_DISK_CONF = {
+    "spark.sql.streaming.checkpointFileManagerClass": (
+        "org.apache.spark.sql.execution.streaming.checkpointing.FileSystemBasedCheckpointFileManager"
+    ),
+    "spark.delta.logStore.file.impl": "io.delta.storage.LocalLogStore",
+}
 
 
 class JavaNotFoundError(RuntimeError):
@@ -185,8 +195,7 @@ def get_spark(app_name: str = "workbook", short_lived: bool = False, **overrides
     conf = spark_conf(settings, app_name)
     if short_lived:
         conf["spark.driver.extraJavaOptions"] += " -XX:TieredStopAtLevel=1"
-    if settings.profile == "stack":
-        conf.update(stack_conf(settings))
+    conf.update(stack_conf(settings) if settings.profile == "stack" else LOCAL_DISK_CONF)
     builder = SparkSession.builder
     for key, value in {**conf, **overrides}.items():
         builder = builder.config(key, value)

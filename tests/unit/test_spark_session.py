@@ -21,6 +21,20 @@ def test_package_jars_are_off_pythons_path(spark):
     assert not [p for p in sys.path if p.endswith(".jar")]
 
 
+def test_local_files_are_renamed_without_forking_a_process(spark, tmp_path):
+    """Streaming checkpoints and Delta commits on a local disk rename through FileSystem:
+    FileContext's rename forks `readlink` for each file (three to four per micro-batch)."""
+    jvm = spark._jvm
+    managers = jvm.org.apache.spark.sql.execution.streaming.checkpointing.CheckpointFileManager
+    hadoop_conf = spark._jsparkSession.sessionState().newHadoopConf()
+    manager = managers.create(jvm.org.apache.hadoop.fs.Path(str(tmp_path)), hadoop_conf)
+    assert manager.getClass().getSimpleName() == "FileSystemBasedCheckpointFileManager"
+    assert spark.conf.get("spark.delta.logStore.file.impl") == "io.delta.storage.LocalLogStore"
+    spark.range(3).write.format("delta").save(str(tmp_path / "table"))
+    spark.range(2).write.format("delta").mode("append").save(str(tmp_path / "table"))
+    assert spark.read.format("delta").load(str(tmp_path / "table")).count() == 5
+
+
 def test_interpreted_queries_for_a_block_then_as_before(spark):
     """A daily step runs without generated code; the session is as it was afterwards, also
     when the block fails, and the results are the same."""
