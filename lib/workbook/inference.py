@@ -32,7 +32,10 @@ ROWS_PER_TASK = 100_000
 
 
 def predictions(
-    model: PipelineModel, transactions: DataFrame, features: DataFrame, model_version: str
+    model: PipelineModel | OneCallPipeline,
+    transactions: DataFrame,
+    features: DataFrame,
+    model_version: str,
 ) -> DataFrame:
     """The same feature vector as in training (a point-in-time join), scored by ``model``.
 
@@ -73,7 +76,11 @@ def start_scoring(
         reader = reader.option("startingVersion", starting_version)
     new_transactions = reader.load(raw_path)
     each_batch = partial(
-        score_batch, model, model_version, FeatureDays(features_path), predictions_path
+        score_batch,
+        OneCallPipeline(model),
+        model_version,
+        FeatureDays(features_path),
+        predictions_path,
     )
     writer = (
         new_transactions.writeStream.foreachBatch(each_batch)
@@ -87,8 +94,20 @@ def start_scoring(
     return writer.trigger(**trigger).start()
 
 
+class OneCallPipeline:
+    """A fitted pipeline that each micro-batch applies in one call to the JVM. Through Python,
+    each of its five stages first copies all its parameters to its JVM twin: about a hundred
+    calls, 20 to 30 ms of a live batch."""
+
+    def __init__(self, model: PipelineModel):
+        self._java = model._to_java()
+
+    def transform(self, data: DataFrame) -> DataFrame:
+        return DataFrame(self._java.transform(data._jdf), data.sparkSession)
+
+
 def score_batch(
-    model: PipelineModel,
+    model: PipelineModel | OneCallPipeline,
     model_version: str,
     features: FeatureDays,
     predictions_path: str,
