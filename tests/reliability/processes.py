@@ -26,17 +26,25 @@ def wait_until(condition, timeout: float, what: str, poll: float = 0.5):
         time.sleep(poll)
 
 
-def list_names(folder: str) -> list[str]:
-    """File names directly under a local folder or an ``s3a://bucket/prefix`` folder."""
+def list_names(folder: str, recursive: bool = False) -> list[str]:
+    """File names under a local folder or an ``s3a://bucket/prefix`` folder, relative to it."""
     if not folder.startswith("s3a://"):
         path = Path(folder)
-        return sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        if not path.is_dir():
+            return []
+        found = path.rglob("*") if recursive else path.iterdir()
+        return sorted(str(p.relative_to(path)) for p in found)
     from workbook import services
 
     parts = urlsplit(folder)
     prefix = parts.path.lstrip("/").rstrip("/") + "/"
-    objects = services.s3_client().list_objects(parts.netloc, prefix=prefix)
+    objects = services.s3_client().list_objects(parts.netloc, prefix=prefix, recursive=recursive)
     return sorted(o.object_name[len(prefix) :].rstrip("/") for o in objects)
+
+
+def data_files(table: str) -> int:
+    """Parquet files a Delta table's writers have created, committed or not."""
+    return sum(name.endswith(".parquet") for name in list_names(table, recursive=True))
 
 
 def batches(checkpoint: str, stage: str = "commits") -> int:
@@ -72,7 +80,14 @@ class Worker:
         Killed alone, Python leaves its JVM behind, which exits when it sees its parent's
         pipe close; waiting for that keeps a dying writer from overlapping the restart.
         """
-        jvms = wait_until(self.jvms, 60, "the worker's JVM")
+        jvms = wait_until(
+            lambda: self.process.poll() is not None or self.jvms(), 60, "the worker's JVM"
+        )
+        if self.process.poll() is not None:
+            raise AssertionError(
+                f"the worker ended (exit code {self.process.returncode}) before it could be "
+                "killed: give it more work, or kill it sooner"
+            )
         if jvm_too:
             for jvm in jvms:
                 jvm.kill()
@@ -101,24 +116,38 @@ def kill_mid_run(
     jvm_too: bool,
     after_batches: int = 1,
     into_batch: float = 1.0,
+    writing_to: str | None = None,
     env=None,
 ) -> int:
-    """Start the task; SIGKILL it ``into_batch`` seconds after batch ``after_batches`` is planned.
+    """Start the task; SIGKILL it in batch ``after_batches + 1``, once that batch is planned.
 
-    Returns the number of batches the checkpoint had committed at the kill.
+    The kill comes ``into_batch`` seconds into the batch or, given ``writing_to`` (a table),
+    as soon as the batch's first data file lands in it: a moment set by the work's progress,
+    not by the machine's speed. Returns the number of batches committed at the kill.
     """
     worker = Worker(task, log, env)
+
+    def ended() -> bool:
+        return worker.process.poll() is not None
+
     try:
         wait_until(
-            lambda: (
-                worker.process.poll() is not None or batches(checkpoint, "offsets") > after_batches
-            ),
+            lambda: ended() or batches(checkpoint, "offsets") > after_batches,
             240,
             f"batch {after_batches + 1} to start",
         )
-        if worker.process.poll() is not None:
+        if ended():
             raise AssertionError("the worker ended before it could be killed: too little data")
-        time.sleep(into_batch)  # into the batch: reading, writing or committing
+        if writing_to is None:
+            time.sleep(into_batch)  # into the batch: reading, writing or committing
+        else:
+            files = data_files(writing_to)
+            wait_until(
+                lambda: ended() or data_files(writing_to) > files,
+                240,
+                f"batch {after_batches + 1} to write to {writing_to}",
+                poll=0.02,
+            )
         committed = batches(checkpoint)
         worker.kill(jvm_too)
     finally:

@@ -25,8 +25,12 @@ pytestmark = pytest.mark.spark
 # Four landed files (one micro-batch each) of about 500 events.
 INGEST = SimulationConfig(n_transactions=2000, days=4, n_accounts=100, malformed_share=0.01)
 KILLS = {"python": False, "jvm_and_python": True}
-# Seconds into the batch: early (reading), or later (writing, committing).
-INTO_BATCH = {"python": 1.0, "jvm_and_python": 4.0}
+
+
+def kill_moment(kill: str, table: str) -> dict:
+    """Python alone dies a second into the batch (reading); with its JVM, as the batch's first
+    data file lands in ``table`` (writing)."""
+    return {"writing_to": table} if KILLS[kill] else {"into_batch": 1.0}
 
 
 @pytest.mark.parametrize("kill", KILLS)
@@ -43,7 +47,12 @@ def test_ingestion_killed_mid_run(spark, tmp_path: Path, tally, kill):
     valid_ids, refused = expected_ingestion(INGEST)
     with tally.fault(f"ingestion (files): kill {kill} mid-run") as outcome:
         committed = kill_mid_run(
-            task, tmp_path / "worker.log", task["checkpoint"], KILLS[kill], 1, INTO_BATCH[kill]
+            task,
+            tmp_path / "worker.log",
+            task["checkpoint"],
+            KILLS[kill],
+            1,
+            **kill_moment(kill, task["raw"]),
         )
         assert committed < INGEST.days, "killed after the run had finished"
         run_worker(task, tmp_path / "worker.log")
@@ -103,9 +112,15 @@ def test_scoring_killed_mid_run(spark, scoring_lakehouse, tally, kill, tmp_path:
     checkpoint = f"{paths['predictions']}/_checkpoint"
     done_before = 0 if kill == "python" else 1  # the batch the kill must land in
     with tally.fault(f"streaming scoring: kill {kill} mid-run") as outcome:
-        kill_mid_run(
-            task, tmp_path / "worker.log", checkpoint, KILLS[kill], done_before, INTO_BATCH[kill]
+        committed = kill_mid_run(
+            task,
+            tmp_path / "worker.log",
+            checkpoint,
+            KILLS[kill],
+            done_before,
+            **kill_moment(kill, paths["predictions"]),
         )
+        assert committed == done_before, "killed after the batch had committed"
         run_worker(task, tmp_path / "worker.log")
         tables = read_tables(
             {"raw": paths["raw"], "predictions": paths["predictions"]}, root, spark
